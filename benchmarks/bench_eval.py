@@ -1,0 +1,159 @@
+"""Evaluation speed: pamc's vectorised AP/mAP against a per-class sklearn loop (not a test).
+
+    python benchmarks/bench_eval.py [--quick] [--repeats R] [--threads T]
+
+Prints a markdown table: wall time of pamc (best of R runs) and of the sklearn loop, the
+largest per-class AP difference between the two, and pamc's peak memory above the inputs.
+Where the sklearn loop would take minutes it runs on an evenly spaced subset of the classes
+and its time is scaled by C / subset (the table says so).  "sort" is one torch.sort of the
+whole (classes x images) score matrix, the floor any sort-based AP pays.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import threading
+import time
+
+import numpy as np
+import sklearn
+import torch
+from sklearn.metrics import average_precision_score
+
+from pamc.metrics import average_precision, partial_average_precision
+
+
+def sklearn_ap(scores, labels, partial):
+    """Per-class sklearn reference: annotated rows only when partial; AP 0 without positives (spec 4)."""
+    out = np.full(scores.shape[1], np.nan)
+    for c in range(scores.shape[1]):
+        rows = labels[:, c] != 0 if partial else slice(None)
+        y, s = labels[rows, c] == 1, scores[rows, c]
+        if s.size:
+            out[c] = average_precision_score(y, s) if y.any() else 0.0
+    return out
+
+
+class PeakMemory:
+    """Peak resident memory above the level at entry, sampled every few ms (Linux /proc)."""
+
+    def __enter__(self):
+        self.start = self.peak = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self):
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self._rss())
+
+    @property
+    def extra_mb(self):
+        return None if self.start is None else (self.peak - self.start) / 2**20
+
+    @staticmethod
+    def _rss():
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError):
+            return None
+
+
+def best_time(fn, repeats):
+    best, result, peak = float("inf"), None, 0.0
+    for _ in range(repeats):
+        with PeakMemory() as memory:
+            start = time.perf_counter()
+            result = fn()
+            best = min(best, time.perf_counter() - start)
+        peak = None if memory.extra_mb is None else max(peak, memory.extra_mb)
+    return best, result, peak
+
+
+def full_case(n, c, rng):
+    """0/1 targets with per-class prevalence between 0.5 % and 20 %, float32 scores with some signal."""
+    targets = np.empty((n, c), dtype=np.int8)
+    scores = np.empty((n, c), dtype=np.float32)
+    prevalence = rng.uniform(0.005, 0.2, c).astype(np.float32)
+    for start in range(0, n, 10_000):  # row blocks keep the float temporaries small at 125k x 5k
+        block = slice(start, min(start + 10_000, n))
+        targets[block] = rng.random((block.stop - start, c), dtype=np.float32) < prevalence
+        scores[block] = rng.random((block.stop - start, c), dtype=np.float32) + 0.3 * targets[block]
+    return scores, targets
+
+
+def sparse_partial_case(scores, per_image, rng):
+    """OpenImages-like labels: ~per_image annotated classes per image, Zipf-like class popularity, 40 % positive."""
+    n, c = scores.shape
+    popularity = 1.0 / np.arange(1, c + 1) ** 0.8
+    rows = np.repeat(np.arange(n), per_image)
+    cols = rng.choice(c, size=rows.size, p=popularity / popularity.sum())
+    labels = np.zeros((n, c), dtype=np.int8)
+    labels[rows, cols] = np.where(rng.random(rows.size) < 0.4, 1, -1)
+    return labels
+
+
+def run_case(name, scores, labels, partial, sklearn_classes, repeats):
+    n, c = scores.shape
+    pamc_fn = partial_average_precision if partial else average_precision
+    pamc_s, ap, peak = best_time(lambda: pamc_fn(scores, labels), repeats)
+    scores_t = torch.from_numpy(scores).T.contiguous()
+    sort_s, _, _ = best_time(lambda: torch.sort(scores_t, dim=1, descending=True), 1)
+    del scores_t
+    subset = np.linspace(0, c - 1, min(sklearn_classes, c)).astype(int)
+    start = time.perf_counter()
+    reference = sklearn_ap(scores[:, subset], labels[:, subset], partial)
+    sklearn_s = (time.perf_counter() - start) * c / subset.size
+    both = ~np.isnan(reference)
+    assert np.array_equal(both, ~np.isnan(ap[subset])), "pamc and sklearn disagree on which classes are evaluable"
+    return {
+        "case": name, "shape": f"{n:,} x {c:,}", "annotated": f"{(labels != 0).mean():.2%}" if partial else "100%",
+        "pamc": pamc_s, "sort": sort_s, "sklearn": sklearn_s,
+        "measured": "all classes" if subset.size == c else f"{subset.size} classes, x{c / subset.size:.0f}",
+        "diff": float(np.abs(ap[subset][both] - reference[both]).max()), "peak": peak,
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller shapes, one repeat, sklearn on class subsets")
+    parser.add_argument("--repeats", type=int, default=None, help="pamc time = best of R runs (default 3, quick 1)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    repeats = args.repeats or (1 if args.quick else 3)
+    rng = np.random.default_rng(0)
+    print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"torch {torch.__version__} with {torch.get_num_threads()} threads, numpy {np.__version__}, "
+          f"sklearn {sklearn.__version__}, load average at start {os.getloadavg()[0]:.2f}\n")
+
+    rows = []
+    for n, c in [(5_000, 20), (20_000, 80), (60_000, 600)]:
+        scores, targets = full_case(n, c, rng)
+        rows.append(run_case("full", scores, targets, False, 60 if args.quick else c, repeats))
+    n, c = (125_000, 500) if args.quick else (125_000, 5_000)
+    scores, targets = full_case(n, c, rng)
+    labels = sparse_partial_case(scores, per_image=10, rng=rng)
+    scores[labels == 1] += 0.3
+    rows.append(run_case("partial, OpenImages-like", scores, labels, True, 100 if args.quick else 500, repeats))
+    rows.append(run_case("full, every label known", scores, targets, False, 25 if args.quick else 100, 1))
+
+    print("| case | images x classes | annotated | pamc (s) | one sort (s) | sklearn loop (s) | sklearn measured on "
+          "| speed-up | max abs AP diff | pamc peak extra MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        peak = "n/a" if r["peak"] is None else f"{r['peak']:.0f}"
+        print(f"| {r['case']} | {r['shape']} | {r['annotated']} | {r['pamc']:.3f} | {r['sort']:.3f} | "
+              f"{r['sklearn']:.2f} | {r['measured']} | {r['sklearn'] / r['pamc']:.0f}x | {r['diff']:.1e} | {peak} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,214 @@
+"""The `pamc` command line: argument parsing only; every command calls the Python API.
+
+Errors the user can fix (PamcError) print as one line and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+from .errors import PamcError
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def command(name: str):
+    def add(fn):
+        COMMANDS[name] = fn
+        return fn
+    return add
+
+
+def key_values(items: Optional[list[str]], flag: str) -> dict:
+    from .config import parse_value
+
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise PamcError(f"{flag} expects KEY=VALUE (got {item!r})")
+        out[key.strip()] = parse_value(value)
+    return out
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def add_config_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field (--batch-size ...); mappings take KEY=VALUE (--data source=fashion)."""
+    from .config import TrainConfig
+
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.name in ("data", "loss"):
+            p.add_argument(flag, action="append", metavar="KEY=VALUE", dest=f"cfg_{f.name}",
+                           help=f"set a {f.name} parameter (repeatable)")
+        elif f.type in ("bool", bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, dest=f"cfg_{f.name}")
+        else:
+            p.add_argument(flag, default=None, dest=f"cfg_{f.name}", metavar=f.name.upper())
+
+
+def config_overrides(args: argparse.Namespace) -> dict:
+    from .config import parse_value
+
+    out = {}
+    for key, value in vars(args).items():
+        if not key.startswith("cfg_") or value is None:
+            continue
+        name = key[4:]
+        if name in ("data", "loss"):
+            out.update({f"{name}.{k}": v for k, v in key_values(value, "--" + name).items()})
+        else:
+            out[name] = parse_value(value) if isinstance(value, str) else value
+    out.update(key_values(args.set, "--set"))
+    return out
+
+
+@command("train")
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_yaml, make_config, apply_overrides, resolve
+    from .engine import train
+
+    if args.resume:
+        run = Path(args.resume)
+        values = load_yaml(run / "config.yaml")
+        cfg = make_config(apply_overrides(values, {**config_overrides(args), "out": str(run)}))
+    else:
+        cfg = resolve(args.config, args.preset, config_overrides(args))
+    result = train(cfg, resume=bool(args.resume))
+    r = result.results
+    print(f"test mAP {r['test_map']:.2f} (alpha {r['eval_alpha']:g}, best val epoch {r['best_epoch']}, "
+          f"val mAP {r['val_map']:.2f}); run folder {result.out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- eval / predict
+
+
+@command("eval")
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .inference import evaluate_checkpoint
+
+    data = key_values(args.data, "--data") or None
+    out = evaluate_checkpoint(args.checkpoint, split=args.split, alphas=args.alpha, data=data,
+                              device=args.device, per_class_csv=args.per_class_csv)
+    print(f"{out['dataset']} {out['split']}:")
+    print("| alpha | mAP |\n|---:|---:|")
+    for row in out["rows"]:
+        print(f"| {row['alpha']:g} | {row['map']:.2f} |")
+    if args.per_class_csv:
+        print(f"per-class AP written to {args.per_class_csv}")
+    return 0
+
+
+@command("predict")
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .inference import predict_images
+
+    paths, scores, names = predict_images(args.checkpoint, args.images, out_csv=args.out, alpha=args.alpha,
+                                          threshold=args.threshold, device=args.device, image_size=args.image_size)
+    if not args.out:
+        for p, row in zip(paths, scores.tolist()):
+            top = sorted(zip(row, names), reverse=True)[:3]
+            print(f"{p}: " + ", ".join(f"{n} {s:.3f}" for s, n in top))
+    else:
+        print(f"scores for {len(paths)} images written to {args.out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- demo / listings
+
+
+@command("demo")
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(source=args.source, out=args.out, quick=args.quick, seeds=args.seeds, all_methods=args.all,
+             device=args.device, overwrite=args.overwrite, epochs=args.epochs)
+    return 0
+
+
+@command("presets")
+def cmd_presets(args: argparse.Namespace) -> int:
+    from .config import preset_descriptions
+
+    for name, text in preset_descriptions().items():
+        print(f"{name:32s} {text}")
+    return 0
+
+
+@command("list")
+def cmd_list(args: argparse.Namespace) -> int:
+    from . import losses
+    from .config import preset_descriptions
+    from .data import DATASETS
+    from .models import BACKBONES
+
+    print("backbones:", ", ".join(BACKBONES.names()))
+    print("losses:   ", ", ".join(losses.names()))
+    print("datasets: ", ", ".join(DATASETS.names()))
+    print("presets:  ", ", ".join(preset_descriptions()))
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pamc", description="Partially annotated multi-label classification with BoostLU.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model (YAML config, preset and/or flags)")
+    p.add_argument("--config", help="YAML file of settings")
+    p.add_argument("--preset", help="named preset (see `pamc presets`)")
+    p.add_argument("--resume", metavar="RUN", help="continue the interrupted run in this folder")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any setting, dotted for mappings (data.source=fashion)")
+    add_config_flags(p)
+
+    p = sub.add_parser("eval", help="mAP of a checkpoint on a split, at one or more BoostLU alphas")
+    p.add_argument("checkpoint", help="run folder (uses best/) or checkpoint folder")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--alpha", type=float, nargs="+", help="evaluation alphas (default: the checkpoint's)")
+    p.add_argument("--data", action="append", metavar="KEY=VALUE", help="evaluate on other data (default: the training data)")
+    p.add_argument("--per-class-csv", help="write per-class AP here")
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("predict", help="per-class scores for image files or folders")
+    p.add_argument("checkpoint")
+    p.add_argument("images", nargs="+", help="image files and/or folders")
+    p.add_argument("--out", help="CSV to write (image, one score per class, predicted labels)")
+    p.add_argument("--alpha", type=float, help="BoostLU alpha (default: the checkpoint's evaluation alpha)")
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--image-size", type=int, help="resize to this square size (default: the training size)")
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("demo", help="the paper's table on the embedded scenes (no GPU, no download)")
+    p.add_argument("--source", default="digits", help="digits | fashion[:DIR] | npz:PATH")
+    p.add_argument("--out", default="pamc-demo", help="results folder")
+    p.add_argument("--quick", action="store_true", help="small and fast (about a minute)")
+    p.add_argument("--all", action="store_true", help="every method of the paper's table, baselines included")
+    p.add_argument("--seeds", type=int, nargs="+", help="training seeds (default 0)")
+    p.add_argument("--epochs", type=int, help="override the demo's epochs")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing results folder")
+
+    sub.add_parser("presets", help="list the named presets")
+    sub.add_parser("list", help="list backbones, losses, datasets and presets")
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except PamcError as exc:
+        print(f"pamc: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pamc: interrupted; `pamc train --resume RUN` continues a training run", file=sys.stderr)
+        return 130

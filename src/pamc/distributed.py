@@ -1,0 +1,109 @@
+"""Multi-process training with torchrun + DistributedDataParallel, and its one-process twin.
+
+`Dist.from_env()` reads torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK); with none set it is
+a single process and every collective is the identity, so the engine has one code path.
+Batches are split so that N processes with per-process batch B/N see exactly the global batch
+of one process with batch B (see `GlobalBatches`).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls, device_type: str) -> "Dist":
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+        return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def all_gather_cat(self, x: torch.Tensor) -> torch.Tensor:
+        """Concatenate `x` (first dimension may differ between processes) in rank order."""
+        if not self.enabled:
+            return x
+        size = torch.tensor([x.shape[0]], device=x.device)
+        sizes = [torch.zeros_like(size) for _ in range(self.world_size)]
+        dist.all_gather(sizes, size)
+        sizes = [int(s) for s in sizes]
+        pad = x.new_zeros((max(sizes) - x.shape[0],) + tuple(x.shape[1:]))
+        padded = torch.cat([x, pad]).contiguous()
+        if x.requires_grad:  # regularisers over the global batch (EPR, ROLE) need the gradient back
+            from torch.distributed.nn.functional import all_gather
+
+            parts = list(all_gather(padded))
+        else:
+            parts = [torch.zeros_like(padded) for _ in range(self.world_size)]
+            dist.all_gather(parts, padded)
+        return torch.cat([p[:s] for p, s in zip(parts, sizes)])
+
+    def all_reduce_max(self, value: float) -> float:
+        if not self.enabled:
+            return value
+        t = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return float(t)
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def shard(self, n: int) -> torch.Tensor:
+        """This process's contiguous share of 0..n-1 (for evaluation; gathered back in order)."""
+        return torch.tensor_split(torch.arange(n), self.world_size)[self.rank]
+
+
+class GlobalBatches:
+    """Per-epoch seeded shuffling into global batches, each split across the processes.
+
+    The order depends only on (seed, epoch), so a resumed run and a run on another number of
+    processes visit the same global batches.  Every process gets a share of every batch (a
+    global batch smaller than the number of processes is dropped, which never happens unless the
+    last batch is tiny; the count is reported by `dropped`).
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, dist_: Dist, shuffle: bool = True):
+        self.n, self.batch_size, self.seed, self.dist, self.shuffle = n, batch_size, seed, dist_, shuffle
+        self.epoch = 1
+
+    def order(self) -> torch.Tensor:
+        if not self.shuffle:
+            return torch.arange(self.n)
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return torch.randperm(self.n, generator=g)
+
+    def global_batches(self) -> list[torch.Tensor]:
+        batches = list(torch.split(self.order(), self.batch_size))
+        return [b for b in batches if len(b) >= self.dist.world_size]
+
+    @property
+    def dropped(self) -> int:
+        return self.n - sum(len(b) for b in self.global_batches())
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, int]]:
+        """Yields (this process's indices, global batch size)."""
+        for batch in self.global_batches():
+            yield torch.tensor_split(batch, self.dist.world_size)[self.dist.rank], len(batch)
+
+    def __len__(self) -> int:
+        return len(self.global_batches())

@@ -1,0 +1,111 @@
+"""Label encodings, observation procedures and the store of observed labels.
+
+Encoding (everywhere in pamc): observed labels are floats, 1 = observed positive,
+0 = unobserved, -1 = observed negative; values in (-1, 0) are soft negatives written by
+EM-APL (-q means "negative with target probability q").  Full labels are 0/1.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .errors import PamcError
+
+
+def check_full_labels(full: np.ndarray, name: str = "full labels") -> np.ndarray:
+    full = np.asarray(full)
+    if full.ndim != 2:
+        raise PamcError(f"{name} must be a 2-D (images x classes) matrix, got shape {full.shape}")
+    if not np.isin(full, (0, 1)).all():
+        raise PamcError(f"{name} must hold only 0 and 1; found {sorted(set(np.unique(full).tolist()) - {0, 1})[:5]}")
+    return full
+
+
+def check_observed(observed, num_classes: Optional[int] = None, name: str = "observed labels") -> torch.Tensor:
+    """Validate a 1/0/-1 matrix (soft negatives in (-1, 0) allowed) and return it as float32."""
+    obs = torch.as_tensor(np.asarray(observed) if not torch.is_tensor(observed) else observed, dtype=torch.float32)
+    if obs.ndim != 2:
+        raise PamcError(f"{name} must be a 2-D (images x classes) matrix, got shape {tuple(obs.shape)}")
+    if num_classes is not None and obs.shape[1] != num_classes:
+        raise PamcError(f"{name} have {obs.shape[1]} columns but the model has {num_classes} classes")
+    hard = (obs == 1) | (obs == 0) | (obs == -1)
+    soft = (obs > -1) & (obs < 0)
+    if not bool((hard | soft).all()):
+        bad = obs[~(hard | soft)].unique()[:5].tolist()
+        raise PamcError(f"{name} may hold only 1 (positive), 0 (unobserved), -1 (negative); found {bad}")
+    return obs
+
+
+def single_positive(full_labels, seed: int = 1200, num_pos: int = 1, num_neg: int = 0) -> np.ndarray:
+    """The reference single-positive observation (Cole et al. 2021, spec 1.3), reproduced exactly.
+
+    A fresh RandomState(seed) per call; rows in order; per row the positive indices are shuffled
+    and the first `num_pos` kept, then the negative indices are shuffled (consuming the RNG even
+    when num_neg = 0) and the first `num_neg` kept as -1.
+    """
+    full = check_full_labels(full_labels)
+    rng = np.random.RandomState(seed)
+    observed = np.zeros(full.shape, dtype=np.float32)
+    for n, row in enumerate(full):
+        positives = np.nonzero(row == 1)[0]
+        rng.shuffle(positives)
+        observed[n, positives[:num_pos]] = 1
+        negatives = np.nonzero(row == 0)[0]
+        rng.shuffle(negatives)
+        observed[n, negatives[:num_neg]] = -1
+    return observed
+
+
+def observe_fraction(full_labels, fraction: float, seed: int = 1200) -> np.ndarray:
+    """Keep each label (positive as 1, negative as -1) with probability `fraction`, like OpenImages."""
+    if not 0.0 <= fraction <= 1.0:
+        raise PamcError(f"fraction must lie in [0, 1] (got {fraction})")
+    full = check_full_labels(full_labels)
+    keep = np.random.RandomState(seed).random_sample(full.shape) < fraction
+    return np.where(keep, np.where(full == 1, 1.0, -1.0), 0.0).astype(np.float32)
+
+
+class LabelStore:
+    """The training set's observed labels, which some methods edit during training.
+
+    Edits (LL-Cp corrections, EM-APL soft negatives) arrive as (dataset indices, mask, values)
+    from the loss through the engine; the store keeps the initial labels, so it can report what
+    changed, and its state goes into every checkpoint so a resumed run continues with the edits.
+    """
+
+    def __init__(self, observed):
+        self.observed = check_observed(observed).clone()
+        self.initial = self.observed.clone()
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.observed.shape)
+
+    def __len__(self) -> int:
+        return self.observed.shape[0]
+
+    def batch(self, index: torch.Tensor) -> torch.Tensor:
+        return self.observed[index.cpu()]
+
+    def apply(self, index: torch.Tensor, mask: torch.Tensor, values: torch.Tensor) -> int:
+        """Write `values` where `mask` is set, for the rows `index`; returns the number of edits."""
+        index, mask, values = index.cpu(), mask.cpu().bool(), values.cpu().float()
+        rows = self.observed[index]
+        rows[mask] = values[mask]
+        self.observed[index] = rows
+        return int(mask.sum())
+
+    def num_edits(self) -> int:
+        return int((self.observed != self.initial).sum())
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"observed": self.observed.clone(), "initial": self.initial.clone()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if tuple(state["observed"].shape) != self.shape:
+            raise PamcError(f"checkpoint labels have shape {tuple(state['observed'].shape)}, data has {self.shape}; "
+                            "resume with the same dataset")
+        self.observed = state["observed"].clone().float()
+        self.initial = state["initial"].clone().float()

@@ -1,0 +1,98 @@
+"""The contract every loss follows, and the label-feedback seam to the training engine.
+
+A loss is called as ``loss_fn(logits, observed, epoch=e, index=idx)`` and returns a scalar.
+``observed`` uses 1 / 0 / -1 (soft negatives in (-1, 0)); ``epoch`` is 1-based; ``index`` holds
+the batch's dataset indices, needed only by losses with per-image state (ROLE).
+
+Label feedback: a loss that edits the stored observed labels (LL-Cp, EM-APL) leaves
+``label_updates = (mask, values)`` for the last batch, or returns full-matrix updates from
+``epoch_end``; the engine applies both to its ``LabelStore`` (gathered from every process under
+DDP) and never asks which loss it runs.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+
+def _identity_gather(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+class PartialLabelLoss(nn.Module):
+    #: learning-rate multiplier for the loss's own parameters (ROLE's label estimator)
+    param_lr_mult: float = 1.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last_selected: Optional[torch.Tensor] = None
+        self.label_updates: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+        # Concatenates a tensor over every training process (identity in one process); the
+        # engine replaces it under DDP so batch-level statistics use the global batch.
+        self.all_gather: Callable[[torch.Tensor], torch.Tensor] = _identity_gather
+
+    def forward(self, logits: torch.Tensor, observed: torch.Tensor, epoch: int = 1,
+                index: Optional[torch.Tensor] = None) -> torch.Tensor:
+        observed = observed.to(device=logits.device, dtype=torch.float32)
+        logits = logits.float()
+        if observed.shape != logits.shape:
+            from ..errors import PamcError
+
+            raise PamcError(f"labels of shape {tuple(observed.shape)} do not match logits {tuple(logits.shape)}")
+        self.last_selected = torch.zeros_like(observed, dtype=torch.bool)
+        self.label_updates = None
+        return self.compute(logits, observed, int(epoch), index)
+
+    def compute(self, logits: torch.Tensor, observed: torch.Tensor, epoch: int,
+                index: Optional[torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def epoch_end(self, epoch: int, observed: torch.Tensor, initial: torch.Tensor,
+                  predict: Callable[[], torch.Tensor]) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+        """Full-matrix label updates (mask, values) after training epoch `epoch`, or None.
+
+        `predict()` returns the current probabilities for every training image (N x C).
+        """
+        return None
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        """Tensors (besides parameters) a checkpoint must keep for an exact resume."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
+        pass
+
+
+def positive_part(observed: torch.Tensor) -> torch.Tensor:
+    """AN targets: observed positives are 1, everything else (unobserved, negatives) 0."""
+    return (observed == 1).float()
+
+
+#: Added to probabilities before the log by Cole et al. [C] and Zhou et al. [E] (spec 3).
+LOG_EPSILON = 1e-5
+
+
+def nlog(x: torch.Tensor) -> torch.Tensor:
+    """-log(x + 1e-5) on probabilities, the form of the reference AN-LS/WAN/EPR/ROLE/EM code.
+
+    Kept instead of exact logits-BCE because the reference results were obtained with it: the
+    epsilon bounds each term by about 11.5 and caps the gradient of saturated predictions.
+    """
+    return -torch.log(x + LOG_EPSILON)
+
+
+def nlog_bce(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-entry BCE against soft targets in the nlog form: t*nlog(p) + (1-t)*nlog(1-p)."""
+    return target * nlog(probs) + (1.0 - target) * nlog(1.0 - probs)
+
+
+def known_label_loss(probs: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
+    """nlog loss of the observed labels only: positives nlog(p), negatives (< 0) nlog(1-p), else 0.
+
+    The reference code for these losses asserts there are no observed negatives (SPML); pamc
+    supervises them like full-label BCE, so partial labels with negatives (OpenImages) work too.
+    """
+    zero = torch.zeros_like(probs)
+    return torch.where(observed == 1, nlog(probs), torch.where(observed < 0, nlog(1.0 - probs), zero))
