@@ -94,8 +94,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .inference import evaluate_checkpoint
 
     data = key_values(args.data, "--data") or None
-    out = evaluate_checkpoint(args.checkpoint, split=args.split, alphas=args.alpha, data=data,
-                              device=args.device, per_class_csv=args.per_class_csv)
+    model = meta = None
+    if args.torchvision:  # post-hoc BoostLU on an existing GAP + linear classifier
+        from .posthoc import boost_torchvision_file
+
+        arch, _, weights = args.torchvision.partition("=")
+        if not weights or not data:
+            raise PamcError("--torchvision needs ARCH=WEIGHTS_FILE and --data naming the dataset it was trained for")
+        model = boost_torchvision_file(arch, weights, args.boost_alpha or 1.0)
+        meta = {"num_classes": model.num_classes, "eval_alpha": args.boost_alpha or 1.0}
+    elif args.checkpoint is None:
+        raise PamcError("give a checkpoint (run folder) or --torchvision ARCH=WEIGHTS_FILE")
+    alphas = args.alpha or ([args.boost_alpha] if args.boost_alpha else None)
+    out = evaluate_checkpoint(args.checkpoint, split=args.split, alphas=alphas, data=data, device=args.device,
+                              per_class_csv=args.per_class_csv, model=model, meta=meta)
     print(f"{out['dataset']} {out['split']}:")
     print("| alpha | mAP |\n|---:|---:|")
     for row in out["rows"]:
@@ -117,6 +129,74 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(f"{p}: " + ", ".join(f"{n} {s:.3f}" for s, n in top))
     else:
         print(f"scores for {len(paths)} images written to {args.out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- explanations
+
+
+@command("explain")
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .explain import explain_command
+    from .inference import load_split
+
+    images = args.images or load_split(args.split, key_values(args.data, "--data"), args.checkpoint)
+    written = explain_command(args.checkpoint, images, args.out, top_k=args.top_k, classes=args.classes,
+                              boosted=args.boosted, alpha=args.alpha, device=args.device, vmax=args.vmax,
+                              signed=args.signed, max_images=args.max_images)
+    print(f"wrote {len(written) - 1} overlays and {written[-1]}")
+    return 0
+
+
+@command("compare-explanations")
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .explain import compare_explanations
+    from .inference import load_split
+
+    split = load_split(args.split, key_values(args.data, "--data"), args.checkpoints[0])
+    summary = compare_explanations(args.checkpoints, split, args.out, labels=args.labels, boosted_alpha=args.boost_alpha,
+                                   max_images=args.max_images, device=args.device)
+    print(f"wrote {Path(args.out) / 'report.md'} (and report.html, summary.json, figures)")
+    for line in summary.get("headline", []):
+        print(line)
+    return 0
+
+
+@command("tune-alpha")
+def cmd_tune_alpha(args: argparse.Namespace) -> int:
+    from .explain import tune_alpha_command
+    from .inference import load_split
+
+    split = load_split(args.split, key_values(args.data, "--data"), args.checkpoint)
+    result = tune_alpha_command(args.checkpoint, split, args.out, alphas=args.alphas, mode=args.mode,
+                                store=args.store, device=args.device)
+    print(f"| alpha | mAP ({args.mode} {args.split} labels) |\n|---:|---:|")
+    for row in result["table"]:
+        print(f"| {row['alpha']:g} | {row['map']:.2f} |")
+    print(f"best alpha {result['best_alpha']:g}" + (f", stored in {result['stored_in']}" if args.store else ""))
+    return 0
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@command("prepare")
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from .data.prepared import prepare
+
+    summary = prepare(args.dataset, args.root, args.out, seed=args.seed, val_fraction=args.val_fraction,
+                      observation=args.observation, overwrite=args.overwrite, missing=args.missing,
+                      **key_values(args.option, "--option"))
+    print(summary["message"])
+    return 0
+
+
+@command("describe")
+def cmd_describe(args: argparse.Namespace) -> int:
+    from .data.sources import describe, format_description, read_source
+
+    source = read_source(args.dataset, args.root, **key_values(args.option, "--option"))
+    print(format_description(describe(source, check_images=not args.no_image_check)))
     return 0
 
 
@@ -170,7 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(p)
 
     p = sub.add_parser("eval", help="mAP of a checkpoint on a split, at one or more BoostLU alphas")
-    p.add_argument("checkpoint", help="run folder (uses best/) or checkpoint folder")
+    p.add_argument("checkpoint", nargs="?", help="run folder (uses best/) or checkpoint folder")
+    p.add_argument("--torchvision", metavar="ARCH=WEIGHTS", help="evaluate a torchvision classifier from a weights file, "
+                   "converted to CAM form (post-hoc BoostLU; needs --data)")
+    p.add_argument("--boost-alpha", type=float, help="BoostLU alpha for --torchvision models")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--alpha", type=float, nargs="+", help="evaluation alphas (default: the checkpoint's)")
     p.add_argument("--data", action="append", metavar="KEY=VALUE", help="evaluate on other data (default: the training data)")
@@ -195,6 +278,59 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="override the demo's epochs")
     p.add_argument("--device", default="auto")
     p.add_argument("--overwrite", action="store_true", help="replace an existing results folder")
+
+    p = sub.add_parser("explain", help="CAM overlays (absolute attribution units) for images or a dataset split")
+    p.add_argument("checkpoint")
+    p.add_argument("images", nargs="*", help="image files/folders (default: --split of the checkpoint's data)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--data", action="append", metavar="KEY=VALUE")
+    p.add_argument("--max-images", type=int, default=8)
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--classes", nargs="+", help="class names to draw instead of the top-k")
+    p.add_argument("--boosted", action="store_true", help="draw BoostLU-boosted CAMs")
+    p.add_argument("--alpha", type=float, help="BoostLU alpha (default: the checkpoint's)")
+    p.add_argument("--vmax", type=float, help="fix the colour scale (to compare runs)")
+    p.add_argument("--signed", action="store_true", help="show negative attributions too")
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("compare-explanations", help="measure how the CAMs of two or more checkpoints differ")
+    p.add_argument("checkpoints", nargs="+", help="the full-label reference first, then partial-label models")
+    p.add_argument("--out", required=True)
+    p.add_argument("--labels", nargs="+", help="a name per checkpoint")
+    p.add_argument("--boost-alpha", type=float, help="also compare the partial models with BoostLU(alpha)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--data", action="append", metavar="KEY=VALUE")
+    p.add_argument("--max-images", type=int, default=200)
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("tune-alpha", help="sweep the evaluation alpha on validation")
+    p.add_argument("checkpoint")
+    p.add_argument("--out", required=True)
+    p.add_argument("--alphas", type=float, nargs="+", default=[1, 1.5, 2, 3, 4, 5, 6, 8, 10])
+    p.add_argument("--mode", default="observed", choices=["full", "observed"],
+                   help="select with full validation labels or only the observed partial ones (realistic)")
+    p.add_argument("--split", default="val", choices=["train", "val", "test"])
+    p.add_argument("--data", action="append", metavar="KEY=VALUE")
+    p.add_argument("--store", action="store_true", help="save the best alpha as the checkpoint's evaluation alpha")
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("prepare", help="convert a dataset to pamc's format with the reference protocol")
+    p.add_argument("dataset", help="voc | coco | nuswide | cub | openimages | own")
+    p.add_argument("--root", required=True, help="the dataset's folder as distributed")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=1200)
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--observation", help="single-positive | as-given | fraction:P (default: the dataset's)")
+    p.add_argument("--missing", default="fail", choices=["fail", "drop"], help="what to do with missing image files")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="reader options (own: labels=FILE; nuswide: variant=...)")
+    p.add_argument("--overwrite", action="store_true")
+
+    p = sub.add_parser("describe", help="validate a dataset folder and report what it holds")
+    p.add_argument("dataset")
+    p.add_argument("--root", required=True)
+    p.add_argument("--option", action="append", metavar="KEY=VALUE")
+    p.add_argument("--no-image-check", action="store_true")
 
     sub.add_parser("presets", help="list the named presets")
     sub.add_parser("list", help="list backbones, losses, datasets and presets")

@@ -30,6 +30,7 @@ class TrainConfig:
     # method
     method: str = "an"
     loss: dict = field(default_factory=dict)  # loss parameters, e.g. {delta: 0.5}
+    linear_init: Optional[dict] = None  # "+ LI": {epochs: 25, lr: 1e-3, batch_size: 16} (spec 5.1)
     # optimisation (spec 5)
     epochs: int = 10
     batch_size: int = 16

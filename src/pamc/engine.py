@@ -234,6 +234,10 @@ class Run:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.loss_fn = build_loss(cfg, len(train), self.bundle.num_classes, observed).to(self.rt.device)
         self.loss_fn.all_gather = self.rt.dist.all_gather_cat
+        if cfg.linear_init and not resume:
+            from .linear_init import apply_linear_init
+
+            apply_linear_init(self)
         self.optimizer = build_optimizer(self.model, self.loss_fn, cfg, self.rt)
         self.net = self._wrap(self.model)
         self.batches = GlobalBatches(len(train), cfg.batch_size, cfg.seed, self.rt.dist)

@@ -22,6 +22,21 @@ def runtime(device: str = "auto") -> Runtime:
     return Runtime.from_config(TrainConfig(device=device))
 
 
+def load_split(split: str, data: Optional[dict] = None, checkpoint: Optional[str] = None):
+    """A split of `data`, or of the dataset the checkpoint was trained on."""
+    if split not in ("train", "val", "test"):
+        raise PamcError(f"unknown split {split!r}; valid: train, val, test")
+    if not data:
+        if checkpoint is None:
+            raise PamcError("say which data to use: --data name=prepared --data path=DIR (or a scenes spec)")
+        from .checkpoint import read_meta, resolve_checkpoint
+
+        data = read_meta(resolve_checkpoint(checkpoint)).get("data")
+        if not data:
+            raise PamcError(f"checkpoint {checkpoint} does not record its data; pass --data")
+    return getattr(load_bundle(data), split)
+
+
 def evaluate_checkpoint(checkpoint: str, split: str = "test", alphas: Optional[Sequence[float]] = None,
                         data: Optional[dict] = None, device: str = "auto", per_class_csv: Optional[str] = None,
                         model=None, meta: Optional[dict] = None) -> dict:
@@ -34,9 +49,9 @@ def evaluate_checkpoint(checkpoint: str, split: str = "test", alphas: Optional[S
         model, meta = load_model(checkpoint)
     rt = runtime(device)
     model = model.to(rt.device)
-    bundle = load_bundle(data or meta.get("data") or {})
     if split not in ("train", "val", "test"):
         raise PamcError(f"unknown split {split!r}; valid: train, val, test")
+    bundle = load_bundle(data or meta.get("data") or {})
     part = getattr(bundle, split)
     targets = part.full if part.full is not None else part.observed
     if targets is None:

@@ -70,8 +70,10 @@ def save_overlays(images_uint8, cams, out_dir: str | Path, class_names: Sequence
 
 def explain_command(checkpoint: str | Path, images, out: str | Path, top_k: int = 3, classes=None,
                     boosted: bool = False, image_size=None, device: str = "auto", alpha: Optional[float] = None,
-                    vmax: Optional[float] = None, signed: bool = False) -> list[Path]:
-    """`pamc explain`: overlays of the top-k predicted (or the named) classes of image files.
+                    vmax: Optional[float] = None, signed: bool = False, max_images: int = 16) -> list[Path]:
+    """`pamc explain`: overlays of the top-k predicted (or the named) classes of some images.
+
+    `images`: image files and/or folders, or a dataset `Split` (its first `max_images` images).
 
     Images are resized to `image_size` (default: the checkpoint's `image_size`, else kept as they
     are).  Scores use `alpha` (default: the checkpoint's eval alpha); `boosted` draws the boosted
@@ -86,9 +88,14 @@ def explain_command(checkpoint: str | Path, images, out: str | Path, top_k: int 
     picked = None if classes is None else resolve_classes(classes, class_names, model.num_classes)
     from ..inference import image_paths
 
-    files = image_paths([str(images)] if isinstance(images, (str, Path)) else [str(i) for i in images])
     size = as_size(image_size or meta.get("image_size"))
-    pictures = [resize_batch(decode(f)[None], size)[0] for f in files]
+    if hasattr(images, "images"):  # a dataset split
+        count = min(int(max_images), len(images))
+        files = [Path(str(n)) for n in (images.names or [f"image{i:05d}" for i in range(len(images))])[:count]]
+        pictures = [resize_batch(images.images[i][None], size)[0] for i in range(count)]
+    else:
+        files = image_paths([str(images)] if isinstance(images, (str, Path)) else [str(i) for i in images])
+        pictures = [resize_batch(decode(f)[None], size)[0] for f in files]
     raw = [cams(model, p)[0] for p in pictures]
     logits = torch.stack([model.logits_from_cams(m[None], alpha)[0] for m in raw])
     probs = torch.sigmoid(logits)
