@@ -105,6 +105,14 @@ def make_config(values: dict) -> TrainConfig:
             raise PamcError(f"{name} must be a positive integer (got {getattr(cfg, name)!r})")
     if cfg.selection not in ("full", "observed"):
         raise PamcError(f"selection must be 'full' or 'observed' (got {cfg.selection!r})")
+    from .boostlu import check_alpha
+    from .losses import LOSSES
+    from .models import BACKBONES
+
+    LOSSES.get(cfg.method), BACKBONES.get(cfg.backbone)  # unknown names fail here, before any work
+    check_alpha(cfg.alpha)
+    if cfg.eval_alpha is not None:
+        check_alpha(cfg.eval_alpha)
     if not isinstance(cfg.data, dict) or "name" not in cfg.data:
         raise PamcError("data must be a mapping with a 'name' (e.g. {name: scenes, source: digits})")
     return cfg

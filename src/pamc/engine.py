@@ -287,6 +287,7 @@ class Run:
         return {"backbone": cfg.backbone, "num_classes": self.bundle.num_classes, "alpha": cfg.alpha,
                 "eval_alpha": cfg.test_alpha, "class_names": list(self.bundle.class_names),
                 "method": cfg.method, "epoch": epoch, "dataset": self.bundle.name, "data": cfg.data,
+                "observation": cfg.observation, "observation_seed": cfg.observation_seed,
                 "image_size": self.image_size}
 
     # -- checkpoints

@@ -11,7 +11,7 @@ import torch
 
 from .checkpoint import load_model
 from .config import TrainConfig
-from .engine import Runtime, load_bundle, predict, split_map
+from .engine import Runtime, load_bundle, observe, predict, split_map
 from .errors import PamcError
 from .metrics import average_precision
 
@@ -23,18 +23,25 @@ def runtime(device: str = "auto") -> Runtime:
 
 
 def load_split(split: str, data: Optional[dict] = None, checkpoint: Optional[str] = None):
-    """A split of `data`, or of the dataset the checkpoint was trained on."""
+    """A split of `data`, or of the dataset the checkpoint was trained on.
+
+    Where the split carries no observed labels, they are drawn with the checkpoint's observation
+    protocol, so validation "with observed labels only" sees what training saw.
+    """
     if split not in ("train", "val", "test"):
         raise PamcError(f"unknown split {split!r}; valid: train, val, test")
-    if not data:
-        if checkpoint is None:
-            raise PamcError("say which data to use: --data name=prepared --data path=DIR (or a scenes spec)")
+    meta = {}
+    if checkpoint is not None:
         from .checkpoint import read_meta, resolve_checkpoint
 
-        data = read_meta(resolve_checkpoint(checkpoint)).get("data")
-        if not data:
-            raise PamcError(f"checkpoint {checkpoint} does not record its data; pass --data")
-    return getattr(load_bundle(data), split)
+        meta = read_meta(resolve_checkpoint(checkpoint))
+    data = data or meta.get("data")
+    if not data:
+        raise PamcError("say which data to use: --data name=prepared --data path=DIR (or a scenes spec)")
+    part = getattr(load_bundle(data), split)
+    if part.observed is None and part.full is not None:
+        part.observed = observe(part, meta.get("observation", "auto"), meta.get("observation_seed", 1200))
+    return part
 
 
 def evaluate_checkpoint(checkpoint: str, split: str = "test", alphas: Optional[Sequence[float]] = None,

@@ -129,7 +129,7 @@ def _class_ap(scores: np.ndarray, positive: np.ndarray) -> float:
     positives = np.sort(scores[positive])
     if not positives.size:
         return 0.0
-    images_above = scores.size - np.searchsorted(np.sort(scores), positives)
+    images_above = scores.size - np.searchsorted(np.sort(scores), positives, side="right") - 1
     positives_above = positives.size - np.searchsorted(positives, positives)
     return float(np.mean(positives_above / images_above))
 
