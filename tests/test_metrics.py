@@ -78,6 +78,12 @@ def test_chunking_and_torch_input_give_identical_values(monkeypatch):
     np.testing.assert_allclose(whole, sklearn_ap(scores, targets), rtol=1e-10)
 
 
+def test_half_precision_tensor_scores_are_read_exactly():
+    scores, targets = tied_data(300, 4, 3)
+    half = torch.from_numpy(scores).to(torch.bfloat16)  # many new ties; sklearn sees the same float32 values
+    np.testing.assert_allclose(average_precision(half, targets), sklearn_ap(half.float().numpy(), targets), rtol=1e-10)
+
+
 def test_targets_other_than_one_are_negative_and_scores_keep_their_precision():
     scores, targets = tied_data(200, 5, 6, dtype=np.float64)
     scores[:, 0] = 0.5 + np.arange(200) * 1e-12  # distinct in float64, would tie in float32

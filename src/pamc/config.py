@@ -20,7 +20,7 @@ from .errors import PamcError
 class TrainConfig:
     # data
     data: dict = field(default_factory=lambda: {"name": "scenes", "source": "digits"})
-    observation: str = "auto"  # auto | single-positive | fraction:P | given | full
+    observation: str = "auto"  # auto (as-given if the data has observed labels, else single-positive) | single-positive | fraction:P | as-given | full
     observation_seed: int = 1200
     # model
     backbone: str = "scene-cnn"

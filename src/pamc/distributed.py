@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -26,9 +26,12 @@ class Dist:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
             return cls()
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if not dist.is_initialized():
+            if device_type == "cuda":  # NCCL binds each process to the current device: set it first
+                torch.cuda.set_device(local_rank)
             dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
-        return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+        return cls(dist.get_rank(), dist.get_world_size(), local_rank)
 
     @property
     def enabled(self) -> bool:
@@ -57,12 +60,25 @@ class Dist:
             dist.all_gather(parts, padded)
         return torch.cat([p[:s] for p, s in zip(parts, sizes)])
 
-    def all_reduce_max(self, value: float) -> float:
+    def all_reduce_sum(self, x: torch.Tensor) -> torch.Tensor:
+        """Element-wise sum of `x` over the processes (a new tensor; `x` is left as it is)."""
+        x = x.clone()
+        if self.enabled:
+            dist.all_reduce(x)
+        return x
+
+    def average_gradients(self, params: Iterable[torch.nn.Parameter]) -> None:
+        """Average the gradients of parameters outside DDP (a loss's own, such as ROLE's label
+        estimates) over the processes, as DDP does for the model's, so every process takes the
+        same optimiser step.  A missing gradient counts as zero, so all processes take part."""
         if not self.enabled:
-            return value
-        t = torch.tensor([value], dtype=torch.float64)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return float(t)
+            return
+        for p in params:
+            if p.requires_grad:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                dist.all_reduce(p.grad)
+                p.grad.div_(self.world_size)
 
     def barrier(self) -> None:
         if self.enabled:

@@ -99,20 +99,20 @@ def load_bundle(data: dict) -> DatasetBundle:
 def observe(split: Split, mode: str, seed: int):
     """The observed labels of a split under the configured observation protocol."""
     if mode == "auto":
-        mode = "given" if split.observed is not None else "single-positive"
-    if mode == "given":
+        mode = "as-given" if split.observed is not None else "single-positive"
+    if mode == "as-given":
         if split.observed is None:
-            raise PamcError("observation 'given' needs a dataset with observed labels; use single-positive")
+            raise PamcError("observation as-given needs a dataset with observed labels; use single-positive")
         return split.observed
     if split.full is None:
-        raise PamcError(f"observation {mode!r} needs full labels, which this dataset lacks; use observation: given")
+        raise PamcError(f"observation {mode!r} needs full labels, which this dataset lacks; use observation: as-given")
     if mode == "single-positive":
         return single_positive(split.full, seed=seed)
     if mode == "full":
         return np.where(np.asarray(split.full) == 1, 1.0, -1.0).astype(np.float32)
     if mode.startswith("fraction:"):
         return observe_fraction(split.full, float(mode.split(":", 1)[1]), seed=seed)
-    raise PamcError(f"unknown observation {mode!r}; valid: auto, single-positive, fraction:P, given, full")
+    raise PamcError(f"unknown observation {mode!r}; valid: auto, single-positive, fraction:P, as-given, full")
 
 
 def label_store(labels):
@@ -255,6 +255,7 @@ class Run:
         if self.out.exists() and any(self.out.iterdir()):
             if not self.cfg.overwrite:
                 raise PamcError(f"run folder {self.out} already exists; pass --overwrite to replace it or --resume to continue it")
+            self.rt.dist.barrier()  # every process has looked at the folder before it goes
             if self.main:
                 shutil.rmtree(self.out)
         self.rt.dist.barrier()
@@ -342,6 +343,7 @@ class Run:
             # the local mean weighted by its share of the global batch, times the world size
             # that DDP divides by: the gradient of the global-batch mean, whatever the split
             (loss * (len(index) * rt.dist.world_size / global_bs)).backward()
+            rt.dist.average_gradients(self.loss_fn.parameters())
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             if self.loss_fn.label_updates is not None:
@@ -359,8 +361,11 @@ class Run:
             bar.update(1)
         bar.close()
         seconds = time.perf_counter() - start
-        return {"train_loss": float(total) / max(seen, 1), "train_seconds": seconds,
-                "train_images_per_s": seen * rt.dist.world_size / seconds, "selected": int(selected), "label_edits": edits}
+        # summed over the processes: the epoch's numbers are those of the global batches
+        sums = torch.stack([total.double(), selected.double(), torch.tensor(seen, dtype=torch.float64, device=rt.device)])
+        total, selected, seen = rt.dist.all_reduce_sum(sums).tolist()
+        return {"train_loss": total / max(seen, 1), "train_seconds": seconds,
+                "train_images_per_s": seen / seconds, "selected": int(selected), "label_edits": edits}
 
     def epoch_feedback(self, epoch: int) -> int:
         """Epoch-level label feedback (EM-APL) for losses that define it."""

@@ -4,15 +4,15 @@ Every per-class AP equals ``sklearn.metrics.average_precision_score`` on that co
 (non-interpolated step sum, tied scores form one threshold; spec section 4).  Per class it costs
 one values-only sort plus binary searches for the positives (``_class_ap``), several times
 less than sklearn's argsort and cumulative passes.  The inputs are read one block of classes at
-a time, transposed to (classes x images) so each class is contiguous; blocks bound the extra
-memory (~300 MB) whatever the number of classes, and for partial labels only the annotated
-scores are read, so the OpenImages test shape (125k x 5k) stays cheap.
+a time (scores transposed so each class is contiguous); blocks bound the extra memory (a few
+hundred MB) whatever the number of classes, and for partial labels only the annotated scores
+are read, so the OpenImages test shape (125k x 5k) stays cheap.
 
 The work is numpy on the CPU: single-threaded SIMD sorts, no thread pool that stalls when
 data-loader workers keep the cores busy.  Inputs are numpy arrays or torch tensors (any
 device, copied to the host block by block) of shape (images x classes).  Scores keep their
-float type (no rounding merges two scores) and precision is float64, so the APs equal
-sklearn's on the same values.
+type (no rounding merges two scores) and precision is float64, so the APs equal sklearn's on
+the same values.
 """
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ import torch
 
 from .errors import PamcError
 
-# Elements of one (classes x images) block: score and label copies, ~10-20 bytes per element.
+# Entries (images x classes) in one block of columns; its copies (transposed scores, a label
+# mask) take 5-10 bytes per entry, so a block stays near 100-150 MB.
 _CHUNK_ELEMENTS = 1 << 24
 
 
@@ -94,44 +95,56 @@ def _per_class_ap(scores, labels, partial: bool) -> np.ndarray:
     any_negative = False
     for start in range(0, num_classes, step):
         block = slice(start, min(start + step, num_classes))
-        y = _columns(labels, block)
+        y = _numpy(labels[:, block]) if torch.is_tensor(labels) else labels[:, block]
         if not partial:
-            for c, (s, hit) in enumerate(zip(_float_scores(_columns(scores, block)), y == 1), start):
-                ap[c] = _class_ap(s, hit)
+            image, col, bounds = _by_class(y == 1)
+            positives = _finite(_entries(scores, image, col + start))
+            for c, (s, lo, hi) in enumerate(zip(_finite(_columns(scores, block)), bounds[:-1], bounds[1:]), start):
+                ap[c] = _class_ap(np.sort(s), np.sort(positives[lo:hi]))
             continue
-        where = np.flatnonzero(y)
-        values = y.ravel()[where]
+        image, col, bounds = _by_class(y != 0)
+        values = y[image, col]
         if not np.isin(values, (1, -1)).all():
             raise PamcError(f"partial labels may hold only 1 (positive), -1 (annotated negative), 0 (not annotated); "
                             f"found {np.unique(values[~np.isin(values, (1, -1))])[:5].tolist()}")
         any_negative = any_negative or bool((values == -1).any())
-        row, image = np.divmod(where, num_images)
-        entries = _float_scores(_entries(scores, image, row + start))
-        bounds = np.searchsorted(row, np.arange(y.shape[0] + 1))  # row is sorted: class c owns bounds[c]:bounds[c+1]
+        entries = _finite(_entries(scores, image, col + start))
         for c, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:]), start):
-            ap[c] = _class_ap(entries[lo:hi], values[lo:hi] == 1) if hi > lo else np.nan
+            annotated = entries[lo:hi]
+            ap[c] = _class_ap(np.sort(annotated), np.sort(annotated[values[lo:hi] == 1])) if hi > lo else np.nan
     if partial and not any_negative:
         raise PamcError("partial labels contain no -1 (annotated negative), so every AP would be trivial; "
                         "0 means 'not annotated' here -- convert 0/1 labels with np.where(y == 1, 1, -1)")
     return ap
 
 
-def _class_ap(scores: np.ndarray, positive: np.ndarray) -> float:
-    """AP of one class from the scores of its evaluated images and which of them are positive.
+def _class_ap(ranked: np.ndarray, positives: np.ndarray) -> float:
+    """AP of one class from the sorted scores of its evaluated images and of its positives among them.
 
     sklearn's step sum, sum over distinct scores t of (recall gained at t) * precision(>= t),
     regrouped by positive, is the mean over positives of the precision at the positive's own
     score: (positives scoring >= s) / (images scoring >= s).  Tied scores are thus one threshold,
-    exactly as in sklearn, and both counts are binary searches in sorted arrays: one sort of the
-    scores (values only -- numpy's SIMD sort, several times faster than an argsort) and one of
-    the positives' scores.  No positive: AP 0 (spec 4).
+    exactly as in sklearn, and both counts are binary searches, so a class costs one values-only
+    sort (numpy's SIMD sort, several times faster than the argsort sklearn needs).  No positive:
+    AP 0 (spec 4).
     """
-    positives = np.sort(scores[positive])
     if not positives.size:
         return 0.0
-    images_above = scores.size - np.searchsorted(np.sort(scores), positives, side="right") - 1
+    images_above = ranked.size - np.searchsorted(ranked, positives)
     positives_above = positives.size - np.searchsorted(positives, positives)
     return float(np.mean(positives_above / images_above))
+
+
+def _by_class(mask: np.ndarray):
+    """Positions of the set entries of an (images x classes) block, grouped by class.
+
+    Returns (image, column, bounds): class c owns entries bounds[c]:bounds[c+1].  Scanning the
+    block in its own row-major layout and sorting the few hits is far cheaper than transposing it.
+    """
+    num_images, width = mask.shape
+    image, col = np.divmod(np.flatnonzero(mask), width)
+    col, image = np.divmod(np.sort(col * num_images + image), num_images)
+    return image, col, np.searchsorted(col, np.arange(width + 1))
 
 
 def _as_matrix(x, name: str):
@@ -162,16 +175,13 @@ def _entries(x, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
+    """A host numpy view (or copy) of a tensor on any device."""
     t = t.detach().cpu()
     return (t.float() if t.dtype == torch.bfloat16 else t).numpy()  # numpy has no bfloat16; float32 holds it exactly
 
 
-def _float_scores(s: np.ndarray) -> np.ndarray:
-    """Scores in a float type that keeps every distinct value distinct, and finite."""
-    if s.dtype == np.float16:
-        s = s.astype(np.float32)
-    elif not np.issubdtype(s.dtype, np.floating):
-        s = s.astype(np.float64)
+def _finite(s: np.ndarray) -> np.ndarray:
+    """The scores, unchanged (any numeric type sorts and compares exactly), once known to be finite."""
     if not np.isfinite(s.sum()) and not np.isfinite(s).all():  # the sum is cheap and exact unless it overflows
         raise PamcError("scores contain NaN or infinite values; pass finite scores (probabilities or logits)")
     return s

@@ -1,0 +1,180 @@
+""""+ LI" (linear initialisation, spec 5.1): train the head on frozen features before fine-tuning.
+
+Phase 1 trains only the run's 1x1-conv CAM head, on features of the fresh pretrained backbone
+extracted once (`pamc.features`, cached on disk and shared by every run with the same backbone
+and images), for `epochs` epochs of Adam at `lr` with mini-batches of `batch_size`, using the
+run's own loss and observed labels (epochs numbered 1..E for the loss's schedule).  The epoch with
+the best validation mAP (strictly greater, selection labels as the run's `selection`) gives the
+head that phase 2, the run's usual end-to-end training, starts from; the engine builds its
+optimiser after this, so phase 2 begins with fresh Adam state.
+
+Pooled or spatial features.  By default the head is trained on globally pooled features, as the
+reference's linear layer: a 1x1 conv followed by the average equals a linear layer on the
+average only without BoostLU, so with pooled features phase 1 runs at alpha = 1 whatever the
+run's alpha (and selects at alpha = 1).  ``spatial: true`` keeps the feature maps instead, so
+phase 1 trains and selects with the run's BoostLU (training and evaluation alpha) at ~200x the
+disk (see `pamc.features` for the sizes).
+
+State beside the head.  Losses with per-image label estimates (ROLE) train them in phase 1 too,
+and phase 2 starts them from the estimates of the best phase-1 epoch (`init_from_estimates`,
+spec: "Theta initialised from the phase-1 label estimates").  Label edits the loss makes in
+phase 1 (LL-Cp's corrections) stay in phase 1: phase 2 starts from the observed labels.
+Epoch-level feedback (EM-APL's pseudo-labelling rounds, scheduled over the end-to-end epochs)
+does not run in phase 1.  Under DDP every process trains the same phase 1 on all the data (it is
+cheap); process 0 extracts the features first and the others read its cache.
+
+Written into the run folder: ``linear_init.json`` (settings, per-epoch history, best epoch) and
+``linear_init.safetensors`` (the best head, and the label estimates where the loss has them).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from .checkpoint import atomic_write, write_json
+from .errors import PamcError
+from .features import extract_features
+
+RESULT_JSON = "linear_init.json"
+RESULT_WEIGHTS = "linear_init.safetensors"
+
+
+@dataclass(frozen=True)
+class LinearInitSettings:
+    """`linear_init` of the run config; defaults are ROLE's phase 1 (Cole et al.)."""
+
+    epochs: int = 25
+    lr: float = 1e-3
+    batch_size: int = 16
+    spatial: bool = False
+    cache: Optional[str] = None  # feature cache folder (default $PAMC_CACHE/features)
+
+    @classmethod
+    def from_config(cls, values) -> "LinearInitSettings":
+        """From a mapping of settings, or `true` for the defaults."""
+        if values is True:
+            return cls()
+        if not isinstance(values, dict):
+            raise PamcError(f"linear_init must be a mapping like {{epochs: 25, lr: 1e-3, batch_size: 16}} or true "
+                            f"(got {values!r})")
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise PamcError(f"unknown linear_init setting(s) {', '.join(unknown)}; valid: {', '.join(names)}")
+        settings = cls(**values)
+        for name in ("epochs", "batch_size"):
+            value = getattr(settings, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise PamcError(f"linear_init {name} must be a positive integer (got {value!r})")
+        try:  # YAML reads 1e-3 (no dot) as a string
+            lr = float(settings.lr)
+        except (TypeError, ValueError):
+            lr = math.nan
+        if isinstance(settings.lr, bool) or not lr > 0:
+            raise PamcError(f"linear_init lr must be a positive number (got {settings.lr!r})")
+        if not isinstance(settings.spatial, bool):
+            raise PamcError(f"linear_init spatial must be true or false (got {settings.spatial!r})")
+        return dataclasses.replace(settings, lr=lr)
+
+
+def _features(run, settings: LinearInitSettings) -> tuple[np.ndarray, np.ndarray]:
+    """Train and val features; process 0 extracts them, the others then read its cache."""
+    def extract():
+        return tuple(extract_features(run.model.backbone, split.images, run.rt, settings.cache, settings.spatial,
+                                      run.cfg.eval_batch_size, run.cfg.num_workers)
+                     for split in (run.bundle.train, run.bundle.val))
+
+    first = extract() if run.main else None
+    run.rt.dist.barrier()
+    return first if run.main else extract()
+
+
+def _logits(run, rows: np.ndarray, alpha: float) -> torch.Tensor:
+    """Head logits for feature rows: pooled rows act as 1 x 1 maps, so one code path serves both."""
+    x = torch.from_numpy(np.asarray(rows, dtype=np.float32)).to(run.rt.device)
+    maps = x[:, :, None, None] if x.ndim == 2 else x
+    return run.model.logits_from_cams(run.model.head(maps), alpha)
+
+
+@torch.no_grad()
+def _val_map(run, feats: np.ndarray, alpha: float) -> float:
+    from .engine import split_map
+
+    scores = [torch.sigmoid(_logits(run, feats[i:i + run.cfg.eval_batch_size], alpha)).cpu()
+              for i in range(0, len(feats), run.cfg.eval_batch_size)]
+    return split_map(torch.cat(scores), run.val_targets)
+
+
+def _train_epoch(run, feats: np.ndarray, epoch: int, settings: LinearInitSettings, optimizer,
+                 generator: torch.Generator, alpha: float) -> tuple[float, int]:
+    """One phase-1 epoch over the training features; (mean loss, label edits)."""
+    total, edits = torch.zeros((), device=run.rt.device), 0
+    for index in torch.split(torch.randperm(len(feats), generator=generator), settings.batch_size):
+        index = index.sort().values  # sorted reads are sequential on the memory map
+        observed = run.store.batch(index).to(run.rt.device)
+        loss = run.loss_fn(_logits(run, feats[index.numpy()], alpha), observed, epoch=epoch, index=index.to(run.rt.device))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if run.loss_fn.label_updates is not None:
+            edits += run.store.apply(index, *run.loss_fn.label_updates)
+        total += loss.detach() * len(index)
+    mean = float(total) / len(feats)
+    if not math.isfinite(mean):
+        raise PamcError(f"the linear-init loss became {mean} in phase-1 epoch {epoch}; lower linear_init.lr")
+    return mean, edits
+
+
+def apply_linear_init(run) -> dict:
+    """Phase 1 of "+ LI" on a freshly built `engine.Run` (see the module doc); returns the summary
+    that is also written to ``linear_init.json``."""
+    cfg = run.cfg
+    settings = LinearInitSettings.from_config(cfg.linear_init)
+    train_alpha, eval_alpha = (cfg.alpha, cfg.test_alpha) if settings.spatial else (1.0, 1.0)
+    train_feats, val_feats = _features(run, settings)
+    loss_fn, head = run.loss_fn, run.model.head
+    own = [p for p in loss_fn.parameters() if p.requires_grad]
+    groups = [{"params": list(head.parameters()), "lr": settings.lr}]
+    if own:
+        groups.append({"params": own, "lr": settings.lr * loss_fn.param_lr_mult})
+    optimizer = torch.optim.Adam(groups)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    labels, gather = run.store.state_dict(), loss_fn.all_gather
+    loss_fn.all_gather = lambda x: x  # every process sees the whole batch here: no gathering
+    history, best_map, best_epoch, best_head, best_estimates = [], -math.inf, 0, None, None
+    try:
+        for epoch in range(1, settings.epochs + 1):
+            train_loss, edits = _train_epoch(run, train_feats, epoch, settings, optimizer, generator, train_alpha)
+            val_map = _val_map(run, val_feats, eval_alpha)
+            is_best = val_map > best_map  # strictly greater, as the engine's selection
+            if is_best:
+                best_map, best_epoch = val_map, epoch
+                best_head = {k: v.detach().clone() for k, v in head.state_dict().items()}
+                best_estimates = loss_fn.estimates().clone() if hasattr(loss_fn, "estimates") else None
+            history.append({"epoch": epoch, "train_loss": train_loss, "val_map": val_map, "label_edits": edits})
+            if run.main and cfg.progress:
+                tqdm.write(f"linear init {epoch}/{settings.epochs}: loss {train_loss:.4f}  val mAP {val_map:.2f}"
+                           f"{'  *' if is_best else ''}")
+    finally:
+        loss_fn.all_gather = gather
+        run.store.load_state_dict(labels)
+    head.load_state_dict(best_head)
+    if best_estimates is not None:
+        loss_fn.init_from_estimates(best_estimates)
+    summary = {**dataclasses.asdict(settings), "train_alpha": train_alpha, "eval_alpha": eval_alpha,
+               "best_epoch": best_epoch, "best_val_map": best_map,
+               "features": {"train": str(train_feats.filename), "val": str(val_feats.filename)}, "history": history}
+    if run.main:
+        tensors = {f"head.{k}": v.cpu().contiguous() for k, v in best_head.items()}
+        if best_estimates is not None:
+            tensors["estimates"] = best_estimates.cpu().contiguous()
+        atomic_write(run.out / RESULT_WEIGHTS, lambda tmp: save_file(tensors, tmp))
+        write_json(run.out / RESULT_JSON, summary)
+    return summary

@@ -1,0 +1,107 @@
+"""The packaged presets: every one resolves and builds, and the paper's settings are where the spec puts them."""
+import re
+
+import pytest
+import torch
+
+import pamc
+from pamc import losses
+from pamc.cli import main as cli_main
+from pamc.config import preset_descriptions, preset_files, resolve
+from pamc.data import DATASETS
+from pamc.data.sources.base import DATASET_INFO
+from pamc.engine import build_loss
+from pamc.linear_init import LinearInitSettings
+from pamc.models import BACKBONES
+
+PRESETS = sorted(preset_files())
+DATASETS_4 = ("voc", "coco", "nuswide", "cub")
+#: every row of spec 6.1 (and WAN, EPR, LS + LI of the LL paper) for each of the four datasets
+METHODS = ("full", "an", "an-ls", "an-ls-li", "asl", "wan", "epr", "role", "role-li", "em", "em-apl",
+           "ll-r", "ll-r-boostlu", "ll-ct", "ll-ct-boostlu", "ll-cp", "ll-cp-boostlu")
+
+
+def _num_classes(cfg):
+    if cfg.data["name"] == "scenes":
+        return 10
+    return DATASET_INFO[cfg.data["path"].split("/")[1].split("-")[0]]["num_classes"]
+
+
+def test_every_table_cell_has_a_preset():
+    expected = {f"{d}-{m}" for d in DATASETS_4 for m in METHODS}
+    expected |= {f"openimages-ll-{s}{b}" for s in ("r", "ct", "cp") for b in ("", "-boostlu")}
+    assert expected <= set(PRESETS)
+    assert {p for p in PRESETS if p.startswith("scenes-")}  # at least one quick preset
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_preset_resolves_and_builds(name):
+    cfg = resolve(preset=name)
+    assert cfg.method in losses.names() and cfg.backbone in BACKBONES.names() and cfg.data["name"] in DATASETS.names()
+    # the loss accepts the preset's parameters and the dataset's shape (k <= C, warmup < epochs, ...)
+    num_classes = _num_classes(cfg)
+    build_loss(cfg, 4, num_classes, torch.zeros(4, num_classes))
+    if cfg.linear_init is not None:
+        LinearInitSettings.from_config(cfg.linear_init)
+    description = preset_descriptions()[name]
+    assert description
+    if not name.startswith("scenes-"):
+        assert re.search(r"\(paper \d+\.\d+", description), description
+        assert cfg.backbone_weights == "imagenet" and cfg.data["path"].startswith("data/")
+        assert "pamc prepare" in description
+
+
+@pytest.mark.parametrize("name, values", [
+    ("voc-ll-r-boostlu", dict(method="ll-r", lr=1e-5, lr_mult=10.0, batch_size=16, epochs=10, alpha=5.0,
+                              loss={"delta": 0.5}, backbone="resnet50")),
+    ("coco-ll-ct", dict(method="ll-ct", alpha=1.0, loss={"delta": 0.2}, lr=1e-5, lr_mult=10.0, batch_size=16)),
+    ("nuswide-ll-cp-boostlu", dict(alpha=5.0, loss={"delta": 0.1})),
+    ("voc-em-apl", dict(method="em-apl", batch_size=8, lr=1e-5, lr_mult=1.0, epochs=10,
+                        loss={"alpha": 0.2, "beta": 0.02, "warmup": 5, "neg_proportion": 0.9})),
+    ("coco-em-apl", dict(batch_size=16, lr=1e-5, loss={"alpha": 0.1, "beta": 0.9, "warmup": 5, "neg_proportion": 0.9})),
+    ("nuswide-em-apl", dict(batch_size=16, lr=1e-5, loss={"alpha": 0.1, "beta": 0.2, "warmup": 4, "neg_proportion": 0.9})),
+    ("cub-em", dict(method="em", batch_size=8, lr=1e-4, lr_mult=1.0, loss={"alpha": 0.01})),
+    ("cub-epr", dict(method="epr", loss={"k": 31.4})),
+    ("coco-role", dict(method="role", loss={"k": 2.9, "lr_mult": 10.0}, lr_mult=1.0, linear_init=None)),
+    ("voc-role-li", dict(method="role", loss={"k": 1.5, "lr_mult": 10.0},
+                         linear_init={"epochs": 25, "lr": 1e-3, "batch_size": 16})),
+    ("cub-role-li", dict(linear_init={"epochs": 25, "lr": 1e-3, "batch_size": 8})),
+    ("nuswide-an-ls-li", dict(method="an-ls", linear_init={"epochs": 25, "lr": 1e-4, "batch_size": 16})),
+    ("voc-an-ls-li", dict(linear_init={"epochs": 25, "lr": 1e-4, "batch_size": 8})),
+    ("openimages-ll-cp-boostlu", dict(method="ll-cp", backbone="resnet101", alpha=5.0, selection="observed",
+                                      data={"name": "prepared", "path": "data/openimages"})),
+])
+def test_spec_values(name, values):
+    cfg = resolve(preset=name)
+    for key, value in values.items():
+        assert getattr(cfg, key) == value, key
+
+
+@pytest.mark.parametrize("dataset", DATASETS_4)
+def test_expected_positives_match_the_dataset(dataset):
+    k = DATASET_INFO[dataset]["expected_positives"]
+    for method in ("epr", "role", "role-li"):
+        assert resolve(preset=f"{dataset}-{method}").loss["k"] == k
+
+
+def test_descriptions_quote_the_paper_table():
+    text = preset_descriptions()
+    assert "(paper 89.29;" in text["voc-ll-r-boostlu"]
+    assert "(paper 21.84;" in text["cub-em-apl"]
+    assert "(paper 69.12;" in text["coco-role-li"]
+    assert "(paper 84.04 " in text["openimages-ll-cp-boostlu"]
+
+
+def test_presets_command_lists_every_preset(capsys):
+    assert cli_main(["presets"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert listed == PRESETS
+
+
+def test_scene_preset_trains(tmp_path):
+    tiny = {"data.n_train": 64, "data.n_val": 32, "data.n_test": 32, "data.canvas": 32, "data.object_scale": [10, 14],
+            "backbone_weights": None, "epochs": 1, "out": str(tmp_path / "run"), "progress": False, "device": "cpu"}
+    cfg = resolve(preset="scenes-ll-r-boostlu", overrides=tiny)
+    assert cfg.alpha == 5.0 and cfg.method == "ll-r"
+    result = pamc.train(cfg)
+    assert 0.0 <= result.test_map <= 100.0
