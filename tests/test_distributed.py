@@ -56,18 +56,23 @@ def train_recording(method: str, out: Path, cache: Path) -> list[dict]:
     return steps
 
 
-def watch_writes(folder: Path) -> list[str]:
-    """Paths under `folder` this process creates, opens for writing, renames or removes from now on."""
-    folder, seen = str(folder), []
-    writing = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND
+WRITE_EVENTS = ("open", "os.mkdir", "os.rename", "os.remove", "shutil.rmtree")
+WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND
+
+
+def watch_writes(prefix: str) -> list[str]:
+    """Paths starting with `prefix` that this process creates, opens for writing, renames or
+    removes from now on (Python audit events: open(), os.open, mkdir, os.replace, rmtree)."""
+    seen = []
 
     def hook(event, args):
-        if event in ("open", "os.mkdir", "os.rename", "os.remove", "shutil.rmtree") and args:
-            path = args[0]
-            if isinstance(path, (str, Path)) and str(path).startswith(folder):
-                if event != "open" or (args[1] is not None and set(str(args[1])) & set("wax+")) \
-                        or (args[1] is None and args[2] & writing):
-                    seen.append(f"{event} {path}")
+        if event not in WRITE_EVENTS or not args or not str(args[0]).startswith(prefix):
+            return
+        if event == "open":  # open(): (path, mode, flags); os.open: (path, None, flags)
+            _, mode, flags = args
+            if not (set(mode or "") & set("wax+") or (mode is None and flags & WRITE_FLAGS)):
+                return
+        seen.append(f"{event} {args[0]}")
 
     sys.addaudithook(hook)
     return seen
@@ -75,11 +80,9 @@ def watch_writes(folder: Path) -> list[str]:
 
 def worker(root: Path) -> None:
     """One torchrun process: run every method into root/two-METHOD, save what it saw per rank."""
-    rank = int(os.environ["RANK"])
-    writes = watch_writes(root)
+    writes = watch_writes(str(root / "two-"))
     record = {m: train_recording(m, root / f"two-{m}", root / "cache") for m in METHODS}
-    record["writes"] = [w for w in writes if "/records-" not in w]
-    torch.save(record, root / f"records-{rank}.pt")
+    torch.save({**record, "writes": writes}, root / f"records-{os.environ['RANK']}.pt")
 
 
 def free_port() -> int:
@@ -92,22 +95,26 @@ def free_port() -> int:
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
     make_scenes(**SCENES, cache_dir=root / "cache")  # built once, read by every process
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "OMP_NUM_THREADS": "1",
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(Path(pamc.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
-    launch = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-         "--master_port", str(free_port()), __file__, str(root)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = root / "torchrun.log"
+    with open(log, "w") as out:
+        launch = subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+             "--master_port", str(free_port()), __file__, str(root)],
+            env=env, stdout=out, stderr=subprocess.STDOUT)
     # the one-process runs share the CPU with the launch, which is mostly interpreter start-up;
     # one thread, as in each launched process, so that every image meets the same kernels
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         one = {m: train_recording(m, root / f"one-{m}", root / "cache") for m in METHODS}
+        launch.wait(timeout=600)
     finally:
         torch.set_num_threads(threads)
-    output, _ = launch.communicate(timeout=600)
-    assert launch.returncode == 0, output[-4000:]
+        if launch.poll() is None:
+            launch.kill()
+    assert launch.returncode == 0, log.read_text()[-4000:]
     two = [torch.load(root / f"records-{r}.pt", weights_only=False) for r in range(2)]
     return root, one, two
 

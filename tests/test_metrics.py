@@ -145,7 +145,7 @@ def test_group_map_on_hand_built_case():
         assert result[key] == pytest.approx(value, rel=1e-12)
 
 
-def test_openimages_like_sparse_shape_is_fast_and_exact():
+def test_sparse_openimages_like_labels_match_sklearn():
     rng = np.random.default_rng(7)
     n, c = 20000, 300
     scores = rng.random((n, c), dtype=np.float32)

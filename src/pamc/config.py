@@ -80,8 +80,14 @@ def _is_float(text: str) -> bool:
 
 
 def apply_overrides(base: dict, overrides: dict) -> dict:
-    """Merge `overrides` (keys may be dotted: data.source) into a copy of `base`."""
+    """Merge `overrides` (keys may be dotted: data.source) into a copy of `base`.
+
+    A dotted `data.name` naming another dataset starts a fresh data mapping: the base's other
+    data keys (the default scenes' `source`) belong to the old dataset and would not fit the new one.
+    """
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
+    if "data.name" in overrides and (out.get("data") or {}).get("name") != overrides["data.name"]:
+        out["data"] = {}
     for key, value in overrides.items():
         head, _, rest = key.partition(".")
         if head not in FIELDS:

@@ -93,7 +93,13 @@ class Runtime:
 
 def load_bundle(data: dict) -> DatasetBundle:
     params = dict(data)
-    return DATASETS.get(params.pop("name"))(**params)
+    name = params.pop("name")
+    loader = DATASETS.get(name)
+    accepted = inspect.signature(loader).parameters
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise PamcError(f"dataset {name!r} takes no setting {', '.join(unknown)}; valid: {', '.join(accepted)}")
+    return loader(**params)
 
 
 def observe(split: Split, mode: str, seed: int):
@@ -216,7 +222,7 @@ class Run:
         self.rt = Runtime.from_config(cfg)
         self.out = Path(cfg.out)
         self.main = self.rt.dist.is_main
-        self._prepare_folder(resume)
+        self._check_folder(resume)
         torch.manual_seed(cfg.seed)
         self.bundle = bundle or load_bundle(cfg.data)
         train = self.bundle.train
@@ -234,6 +240,7 @@ class Run:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.loss_fn = build_loss(cfg, len(train), self.bundle.num_classes, observed).to(self.rt.device)
         self.loss_fn.all_gather = self.rt.dist.all_gather_cat
+        self._prepare_folder(resume)
         if cfg.linear_init and not resume:
             from .linear_init import apply_linear_init
 
@@ -246,20 +253,22 @@ class Run:
             self._load_state()
 
     # -- setup
+    def _check_folder(self, resume: bool) -> None:
+        """Refuse an unusable run folder before any work; nothing is written until `_prepare_folder`."""
+        if resume and not (self.out / "last" / "state.pt").is_file():
+            raise PamcError(f"nothing to resume in {self.out} (no last/state.pt); start a new run")
+        if not resume and not self.cfg.overwrite and self.out.exists() and any(self.out.iterdir()):
+            raise PamcError(f"run folder {self.out} already exists; pass --overwrite to replace it or --resume to continue it")
+
     def _prepare_folder(self, resume: bool) -> None:
-        state = self.out / "last" / "state.pt"
-        if resume:
-            if not state.is_file():
-                raise PamcError(f"nothing to resume in {self.out} (no last/state.pt); start a new run")
-            return
-        if self.out.exists() and any(self.out.iterdir()):
-            if not self.cfg.overwrite:
-                raise PamcError(f"run folder {self.out} already exists; pass --overwrite to replace it or --resume to continue it")
+        """Called once the run is set up, so a bad setting (loss parameter, data option) leaves no
+        half-made folder behind that the corrected command would need --overwrite for."""
+        if not resume and self.out.exists() and any(self.out.iterdir()):
             self.rt.dist.barrier()  # every process has looked at the folder before it goes
             if self.main:
                 shutil.rmtree(self.out)
         self.rt.dist.barrier()
-        if self.main:
+        if self.main:  # rewritten on resume too: `--resume RUN --epochs N` changes the config in force
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
 

@@ -108,7 +108,7 @@ def predict_images(checkpoint: str, inputs: Sequence[str], out_csv: Optional[str
     model = model.to(rt.device)
     paths = image_paths(inputs)
     size = int(image_size or meta.get("image_size") or 448)
-    images = ImageFiles([str(p) for p in paths], root=None, size=size)
+    images = ImageFiles([str(p) for p in paths], root=".", size=size)  # paths are absolute or relative to the cwd
     scores = predict(model, images, rt, alpha=meta.get("eval_alpha") if alpha is None else alpha)
     names = list(meta.get("class_names") or [f"class_{c}" for c in range(meta["num_classes"])])
     if out_csv:

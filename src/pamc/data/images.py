@@ -25,23 +25,16 @@ from torchvision.transforms.v2 import functional as TF
 
 from ..errors import PamcError
 
-try:  # libjpeg-turbo / libpng decoding straight to a tensor; deprecated in torchvision 0.29, PIL remains
-    from torchvision.io import ImageReadMode, decode_image
-except ImportError:  # pragma: no cover - depends on the torchvision build
-    decode_image = None
-
 ON_ERROR = ("fail", "skip")
 
 
 def decode(path: str | Path) -> torch.Tensor:
-    """The image at `path` as a uint8 3 x H x W RGB tensor; PamcError naming the path if unreadable."""
+    """The image at `path` as a uint8 3 x H x W RGB tensor; PamcError naming the path if unreadable.
+
+    Decoded with PIL (libjpeg-turbo), which reads every format and colour mode; torchvision's CPU
+    decoders are deprecated since 0.29.  (The GPU path decodes JPEGs with nvJPEG instead.)
+    """
     path = Path(path)
-    if decode_image is not None:
-        try:
-            image = decode_image(str(path), mode=ImageReadMode.RGB)
-            return image if image.dtype == torch.uint8 else TF.to_dtype(image, torch.uint8, scale=True)
-        except (RuntimeError, ValueError):
-            pass  # a format or variant torchvision cannot decode (CMYK, BMP, ...): PIL decides
     try:
         with Image.open(path) as image:
             array = np.asarray(image.convert("RGB"))
