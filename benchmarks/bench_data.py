@@ -187,7 +187,7 @@ def main() -> None:
         print("| pipeline | processes | images/s |\n|---|---|---:|")
         for name, how, value in rows:
             print(f"| {name} | {how} | {value:,.0f} |")
-        print(f"\nuint8 cache disk/RAM cost (N x 3 x S x S bytes):\n")
+        print("\nuint8 cache disk/RAM cost (N x 3 x S x S bytes):\n")
         print("\n".join(cache_cost_rows(args.size)))
         print("\nOpenImages (millions of images) needs terabytes at 448 px: read its JPEGs instead.")
     finally:

@@ -242,6 +242,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's; --quick: 1)")
     p.add_argument("--quick", action="store_true", help="CPU smoke run: scene-cnn, 64 px, few steps, no compile")
     args = p.parse_args()
+    if args.e2e and args.images < args.e2e_batch:
+        p.error(f"--images must be at least --e2e-batch ({args.e2e_batch})")
     if args.quick:
         args.device, args.model, args.size = "cpu", "scene-cnn", 64
         args.steps, args.warmup, args.infer_images = 12, 2, 256

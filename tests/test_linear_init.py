@@ -134,7 +134,8 @@ def test_spatial_phase_trains_with_boostlu_and_keeps_label_edits_private(tiny_bu
     summary = spy["summary"]
     assert summary["train_alpha"] == 3.0 and summary["eval_alpha"] == 3.0
     feats = np.load(summary["features"]["train"], mmap_mode="r")
-    assert feats.shape == (len(tiny_bundle.train), 128, 4, 4)  # scene-cnn: 128 channels, 32 px / 8
+    channels = pamc.models.build_backbone("scene-cnn").out_channels
+    assert feats.shape == (len(tiny_bundle.train), channels, 4, 4)  # 32 px / 8
     # LL-Cp corrected labels in phase 1 (from its epoch 2) but phase 2 starts from the observed ones
     assert sum(h["label_edits"] for h in summary["history"]) > 0
     assert spy["label_edits_after"] == 0

@@ -360,8 +360,8 @@ class Run:
             selected += self.loss_fn.last_selected.sum()
             total += loss.detach() * len(index)
             seen += len(index)
-            if step % 20 == 0 or step == len(plan):
-                mean = float(total) / seen
+            if step % 20 == 0 or step == len(plan):  # every process checks the global loss, so all stop together
+                mean = float(rt.dist.all_reduce_sum(total)) / (seen * rt.dist.world_size)
                 if not math.isfinite(mean):
                     raise NonFiniteLoss(
                         f"the loss became {mean} in epoch {epoch} (step {step}); the last good checkpoint is "

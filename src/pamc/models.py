@@ -84,7 +84,7 @@ class SceneCNN(nn.Sequential):
     where SyncBatchNorm is unavailable).
     """
 
-    def __init__(self, width: int = 32, norm: str = "batch", weights: Optional[str] = None):
+    def __init__(self, width: int = 16, norm: str = "batch", weights: Optional[str] = None):
         def block(cin: int, cout: int, stride: int) -> list[nn.Module]:
             layer = nn.BatchNorm2d(cout) if norm == "batch" else nn.GroupNorm(8, cout)
             return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), layer, nn.ReLU(inplace=True)]
@@ -104,6 +104,7 @@ class SceneCNN(nn.Sequential):
 
 
 BACKBONES.register("scene-cnn")(lambda weights=None: SceneCNN(weights=weights))
+BACKBONES.register("scene-cnn-wide")(lambda weights=None: SceneCNN(width=32, weights=weights))
 BACKBONES.register("scene-cnn-gn")(lambda weights=None: SceneCNN(norm="group", weights=weights))
 
 

@@ -34,16 +34,17 @@ def pretrained_scene_backbone(source: str = "digits", canvas: int = 64, object_s
     """Path to backbone weights pretrained on single train objects of `source` (cached)."""
     from .data.scenes import load_object_bank, pretraining_objects
 
+    torch.manual_seed(seed)
+    net = build_backbone(backbone).to(device)
+    shapes = [[k, list(v.shape)] for k, v in net.state_dict().items()]  # a changed architecture misses the cache
     key = json.dumps([PRETRAIN_VERSION, source, canvas, list(object_scale) if not isinstance(object_scale, int)
-                      else object_scale, backbone, n, epochs, batch_size, lr, seed], sort_keys=True)
+                      else object_scale, backbone, shapes, n, epochs, batch_size, lr, seed], sort_keys=True)
     path = cache_dir(cache) / "backbones" / f"{backbone}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.safetensors"
     if path.is_file():
         return path
     bank = load_object_bank(source)
     images, labels = pretraining_objects(bank, canvas, object_scale, n, seed)
     images, labels = torch.from_numpy(images), torch.from_numpy(labels).long()
-    torch.manual_seed(seed)
-    net = build_backbone(backbone).to(device)
     head = torch.nn.Linear(net.out_channels, len(bank.class_names)).to(device)
     opt = torch.optim.Adam(list(net.parameters()) + list(head.parameters()), lr=lr)
     g = torch.Generator().manual_seed(seed)
