@@ -64,13 +64,13 @@ def baseline_rows(expected_positives: float) -> list[Row]:
 
 def scene_settings(source: str, quick: bool) -> dict:
     data = {"name": "scenes", "source": source, "canvas": 64, "max_objects": 4, "object_scale": [16, 28], "seed": 0}
-    data.update({"n_train": 1000, "n_val": 300, "n_test": 500} if quick else {"n_train": 3000, "n_val": 600, "n_test": 1000})
+    data.update({"n_train": 1000, "n_val": 200, "n_test": 400} if quick else {"n_train": 3000, "n_val": 600, "n_test": 1000})
     return data
 
 
 def base_config(data: dict, quick: bool, device: str) -> dict:
-    return {"data": data, "backbone": "scene-cnn", "backbone_weights": "scenes", "epochs": 3 if quick else 6,
-            "batch_size": 32, "lr": 1e-4, "lr_mult": 10.0, "device": device, "num_workers": 0,
+    return {"data": data, "backbone": "scene-cnn", "backbone_weights": "scenes", "epochs": 4 if quick else 6,
+            "batch_size": 16, "lr": 1e-4, "lr_mult": 10.0, "device": device, "num_workers": 0,
             "progress": False, "overwrite": True}
 
 

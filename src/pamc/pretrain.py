@@ -28,7 +28,7 @@ def cache_dir(explicit: str | None = None) -> Path:
 
 
 def pretrained_scene_backbone(source: str = "digits", canvas: int = 64, object_scale=(16, 28),
-                              backbone: str = "scene-cnn", n: int = 6000, epochs: int = 4,
+                              backbone: str = "scene-cnn", n: int = 4000, epochs: int = 3,
                               batch_size: int = 64, lr: float = 2e-3, seed: int = 0,
                               cache: str | None = None, device: str = "cpu", progress: bool = False) -> Path:
     """Path to backbone weights pretrained on single train objects of `source` (cached)."""
