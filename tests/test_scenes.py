@@ -1,6 +1,7 @@
 """The multi-object scene benchmark: determinism, cache, object-split hygiene, boxes, sources."""
 import gzip
 from itertools import combinations
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -222,3 +223,17 @@ def test_registered(tmp_path):
     assert DATASETS.get("scenes") is S.make_scenes
     bundle = S.make_scenes(n_train=5000, n_val=0, n_test=0, cache_dir=tmp_path)
     assert bundle.train.images.images.shape == (5000, 64, 64)
+
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.mark.skipif(not (FASHION / "train-images-idx3-ubyte.gz").is_file(),
+                    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+def test_real_fashion_mnist_bank_and_scenes(tmp_path):
+    bank = S.load_object_bank("fashion")
+    assert bank.train_images.shape == (60000, 28, 28) and bank.test_images.shape == (10000, 28, 28)
+    assert bank.class_names[0] == "T-shirt/top" and len(bank.class_names) == 10
+    assert np.bincount(bank.train_labels).tolist() == [6000] * 10
+    scenes = S.make_scenes("fashion", n_train=20, n_val=5, n_test=5, cache_dir=tmp_path)
+    assert scenes.num_classes == 10 and scenes.train.full.sum(1).min() >= 1

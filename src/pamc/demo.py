@@ -154,7 +154,9 @@ def explanation_tables(rows: list[Row], runs: dict[str, list[RunResult]], bundle
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {l['energy_share']:.3f} | {l['pointing_game']:.3f} |")
     text = ("Explanations on the test scenes (" + str(summary["num_images"]) + " images; ratios are partial / full-label "
             "model, peak = max of relu(CAM) on ground-truth (pos) or absent (neg) classes; energy in boxes = share of "
-            f"relu(CAM) inside the class's boxes, uniform = {loc['Full label']['box_area_share']:.3f}):\n\n" + "\n".join(lines))
+            f"relu(CAM) inside the class's boxes, uniform = {loc['Full label']['box_area_share']:.3f}; models trained "
+            f"with BoostLU are measured on their raw CAMs, which they use boosted x{BOOST:g} where positive):\n\n"
+            + "\n".join(lines))
     return {"summary": {"gap": gap, "localization": {k: {kk: vv for kk, vv in v.items() if kk != "per_class"}
                                                        for k, v in loc.items()}}, "text": text}
 

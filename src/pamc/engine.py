@@ -13,6 +13,7 @@ import json
 import math
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -23,7 +24,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from . import losses as loss_registry
-from .checkpoint import (load_resume_state, load_weights, save_model, save_resume_state, unwrap, write_json,
+from .checkpoint import (atomic_write, load_resume_state, load_weights, save_model, save_resume_state, unwrap, write_json,
                          MODEL_FILE)
 from .config import TrainConfig, make_config
 from .data import DATASETS, DatasetBundle, Split
@@ -248,6 +249,9 @@ class Run:
         self.optimizer = build_optimizer(self.model, self.loss_fn, cfg, self.rt)
         self.net = self._wrap(self.model)
         self.batches = GlobalBatches(len(train), cfg.batch_size, cfg.seed, self.rt.dist)
+        if self.batches.dropped and self.main:
+            warnings.warn(f"the last global batch ({self.batches.dropped} images, a different draw each epoch) is smaller "
+                          f"than the {self.rt.dist.world_size} processes and is skipped; choose a batch size that avoids it")
         self.epoch, self.best_map, self.best_epoch, self.history = 0, -math.inf, 0, []
         if resume:
             self._load_state()
@@ -270,7 +274,8 @@ class Run:
         self.rt.dist.barrier()
         if self.main:  # rewritten on resume too: `--resume RUN --epochs N` changes the config in force
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+            text = yaml.safe_dump(self.cfg.to_dict(), sort_keys=False)
+            atomic_write(self.out / "config.yaml", lambda tmp: Path(tmp).write_text(text))
 
     def _selection_targets(self):
         val = self.bundle.val

@@ -22,6 +22,19 @@ def runtime(device: str = "auto") -> Runtime:
     return Runtime.from_config(TrainConfig(device=device))
 
 
+def checkpoint_data(meta: dict, data: Optional[dict] = None):
+    """The user's `data`, or the dataset recorded in the checkpoint (checked to be the same one)."""
+    if data:
+        return load_bundle(data)
+    if not meta.get("data"):
+        raise PamcError("say which data to use: --data name=prepared --data path=DIR (or a scenes spec)")
+    bundle = load_bundle(meta["data"])
+    if meta.get("dataset") and bundle.name != meta["dataset"]:
+        raise PamcError(f"the checkpoint was trained on {meta['dataset']!r}, but its recorded data settings give "
+                        f"{bundle.name!r} (it was trained on a dataset passed in Python); pass --data")
+    return bundle
+
+
 def load_split(split: str, data: Optional[dict] = None, checkpoint: Optional[str] = None):
     """A split of `data`, or of the dataset the checkpoint was trained on.
 
@@ -35,10 +48,7 @@ def load_split(split: str, data: Optional[dict] = None, checkpoint: Optional[str
         from .checkpoint import read_meta, resolve_checkpoint
 
         meta = read_meta(resolve_checkpoint(checkpoint))
-    data = data or meta.get("data")
-    if not data:
-        raise PamcError("say which data to use: --data name=prepared --data path=DIR (or a scenes spec)")
-    part = getattr(load_bundle(data), split)
+    part = getattr(checkpoint_data(meta, data), split)
     if part.observed is None and part.full is not None:
         part.observed = observe(part, meta.get("observation", "auto"), meta.get("observation_seed", 1200))
     return part
@@ -58,7 +68,7 @@ def evaluate_checkpoint(checkpoint: str, split: str = "test", alphas: Optional[S
     model = model.to(rt.device)
     if split not in ("train", "val", "test"):
         raise PamcError(f"unknown split {split!r}; valid: train, val, test")
-    bundle = load_bundle(data or meta.get("data") or {})
+    bundle = checkpoint_data(meta, data)
     part = getattr(bundle, split)
     targets = part.full if part.full is not None else part.observed
     if targets is None:
