@@ -168,7 +168,7 @@ def main() -> None:
         few = names[:args.single]
 
         rows = [("PIL decode + resize (reference)", "1 process", rate(len(few), timed(lambda: pil_reference(folder, few, args.size)))),
-                ("pamc load_image (torchvision decode + resize)", "1 process", rate(len(few), timed(lambda: pamc_decode(folder, few, args.size))))]
+                ("pamc load_image (PIL decode + tensor resize)", "1 process", rate(len(few), timed(lambda: pamc_decode(folder, few, args.size))))]
         for w in workers:
             rows.append(("ImageFiles via image_batches", workers_label(w), rate(len(files), timed(lambda: through_loader(files, w, cuda)))))
         for w in workers:

@@ -162,9 +162,10 @@ def explanation_tables(rows: list[Row], runs: dict[str, list[RunResult]], bundle
 
 
 def results_table(results: dict) -> str:
-    lines = ["| method | test mAP | +- (seeds) | best epoch |", "|---|---:|---:|---:|"]
+    lines = ["| method | test mAP | std over seeds | best epoch |", "|---|---:|---:|---:|"]
     for label, r in results.items():
-        lines.append(f"| {label} | {r['test_map']:.2f} | {r['test_map_std']:.2f} | {', '.join(map(str, r['best_epoch']))} |")
+        spread = f"{r['test_map_std']:.2f}" if len(r["test_map_per_seed"]) > 1 else "-"
+        lines.append(f"| {label} | {r['test_map']:.2f} | {spread} | {', '.join(map(str, r['best_epoch']))} |")
     return "\n".join(lines)
 
 
