@@ -35,7 +35,7 @@ from .errors import PamcError
 from .labels import LabelStore, observe_fraction, single_positive
 from .losses.base import PartialLabelLoss
 from .metrics import mean_average_precision, partial_mean_average_precision
-from .models import CamClassifier
+from .models import CamClassifier, eval_mode
 
 
 class NonFiniteLoss(PamcError):
@@ -189,16 +189,13 @@ def predict(model: CamClassifier, images, rt: Runtime, alpha: Optional[float] = 
             batch_size: int = 128, num_workers: int = 0) -> torch.Tensor:
     """Probabilities (N x C, float32, CPU) for every image; shared out and gathered under DDP."""
     plain = unwrap(model)
-    was_training = plain.training
-    plain.eval()
-    mine = rt.dist.shard(len(images))
-    batches = list(torch.split(mine, batch_size))
+    batches = list(torch.split(rt.dist.shard(len(images)), batch_size))
     out = []
-    for x in image_batches(images, batches, num_workers, pin_memory=rt.device.type == "cuda"):
-        with rt.autocast():
-            out.append(torch.sigmoid(plain(rt.prepare(x), alpha=alpha).float()))
+    with eval_mode(plain):
+        for x in image_batches(images, batches, num_workers, pin_memory=rt.device.type == "cuda"):
+            with rt.autocast():
+                out.append(torch.sigmoid(plain(rt.prepare(x), alpha=alpha).float()))
     scores = torch.cat(out) if out else torch.zeros(0, plain.num_classes, device=rt.device)
-    plain.train(was_training)
     return rt.dist.all_gather_cat(scores).cpu()
 
 

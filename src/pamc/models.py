@@ -6,6 +6,7 @@ GAP + linear head, because a linear map commutes with averaging.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -146,3 +147,14 @@ class CamClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor, alpha: Optional[float] = None) -> torch.Tensor:
         return self.logits_from_cams(self.cams(x), alpha)
+
+
+@contextmanager
+def eval_mode(model: torch.nn.Module):
+    """Run with batch-norm statistics of the checkpoint (eval mode); restore the mode after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)

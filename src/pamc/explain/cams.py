@@ -6,7 +6,6 @@ per-map normalisation would erase exactly that.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
@@ -19,6 +18,7 @@ from ..boostlu import boostlu
 from ..data.loading import image_batches
 from ..data.transforms import normalize_uint8
 from ..errors import PamcError
+from ..models import eval_mode
 
 
 def as_size(size: int | Sequence[int] | None) -> Optional[tuple[int, int]]:
@@ -104,17 +104,6 @@ def resolve_device(device: str) -> torch.device:
 
 def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
-
-
-@contextmanager
-def eval_mode(model: torch.nn.Module):
-    """Run with batch-norm statistics of the checkpoint (eval mode); restore the mode after."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 def cam_batches(model, images, batch_size: int = 64, image_size=None) -> Iterator[torch.Tensor]:
