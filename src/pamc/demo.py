@@ -31,6 +31,7 @@ class Row:
     eval_alpha: float = 1.0  # BoostLU at validation and test
     loss: dict = field(default_factory=dict)
     slug: str = ""
+    settings: dict = field(default_factory=dict)  # other TrainConfig settings of this row
 
 
 BOOST = 5.0
@@ -57,6 +58,7 @@ def baseline_rows(expected_positives: float) -> list[Row]:
         Row("ASL", "asl", slug="asl"),
         Row("EPR", "epr", loss=k, slug="epr"),
         Row("ROLE", "role", loss=k, slug="role"),
+        Row("ROLE + LI", "role", loss=k, slug="role-li", settings={"linear_init": {"epochs": 25, "lr": 1e-3, "batch_size": 16}}),
         Row("EM", "em", slug="em"),
         Row("EM + APL", "em-apl", loss={"warmup": 2}, slug="em-apl"),
     ]
@@ -100,7 +102,8 @@ def run_demo(source: str = "digits", out: str = "pamc-demo", quick: bool = False
     for row in rows:
         for seed in seeds:
             cfg = TrainConfig(**{**base, "method": row.method, "alpha": row.alpha, "eval_alpha": row.eval_alpha,
-                                 "loss": dict(row.loss), "seed": seed, "out": str(out_dir / "runs" / f"{row.slug}-seed{seed}")})
+                                 "loss": dict(row.loss), **row.settings, "seed": seed,
+                                 "out": str(out_dir / "runs" / f"{row.slug}-seed{seed}")})
             t0 = time.perf_counter()
             result = train(cfg, bundle=bundle)
             runs.setdefault(row.label, []).append(result)
