@@ -56,7 +56,7 @@ class TorchvisionResNet(nn.Sequential):
             except Exception as exc:
                 raise PamcError(
                     f"cannot download torchvision's {name} ImageNet weights ({exc.__class__.__name__}); "
-                    f"download them elsewhere and pass the file with --weights PATH"
+                    f"download them elsewhere and pass the file with --backbone-weights PATH"
                 ) from None
             net.load_state_dict(state)
         elif weights:
