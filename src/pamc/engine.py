@@ -36,6 +36,7 @@ from .labels import LabelStore, observe_fraction, single_positive
 from .losses.base import PartialLabelLoss
 from .metrics import mean_average_precision, partial_mean_average_precision
 from .models import CamClassifier, eval_mode
+from .registry import check_keywords
 
 
 class NonFiniteLoss(PamcError):
@@ -96,10 +97,7 @@ def load_bundle(data: dict) -> DatasetBundle:
     params = dict(data)
     name = params.pop("name")
     loader = DATASETS.get(name)
-    accepted = inspect.signature(loader).parameters
-    unknown = sorted(set(params) - set(accepted))
-    if unknown:
-        raise PamcError(f"dataset {name!r} takes no setting {', '.join(unknown)}; valid: {', '.join(accepted)}")
+    check_keywords(loader, params, f"dataset {name!r}", "setting")
     return loader(**params)
 
 

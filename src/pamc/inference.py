@@ -6,7 +6,6 @@ import csv
 from pathlib import Path
 from typing import Optional, Sequence
 
-import numpy as np
 import torch
 
 from .checkpoint import load_model

@@ -4,7 +4,8 @@ An unknown name is a single clear error that lists every valid name.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Generic, Iterator, TypeVar
+import inspect
+from typing import Callable, Dict, Generic, Iterable, Iterator, TypeVar
 
 from .errors import PamcError
 
@@ -39,3 +40,12 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+def check_keywords(factory: Callable, given: Iterable[str], what: str, noun: str, exclude: Iterable[str] = ()) -> None:
+    """Refuse keywords `factory` does not take, as one error naming them and the valid ones,
+    instead of a TypeError traceback deep in a run."""
+    accepted = [p for p in inspect.signature(factory).parameters if p not in set(exclude)]
+    unknown = sorted(set(given) - set(accepted))
+    if unknown:
+        raise PamcError(f"{what} takes no {noun} {', '.join(unknown)}; valid: {', '.join(accepted) or 'none'}")

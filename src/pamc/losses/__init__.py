@@ -4,10 +4,7 @@ One module per family; each registers its classes with ``@register(name)``.
 """
 from __future__ import annotations
 
-import inspect
-
-from ..errors import PamcError
-from ..registry import Registry
+from ..registry import Registry, check_keywords
 from .base import PartialLabelLoss
 
 LOSSES: Registry[type] = Registry("loss")
@@ -16,11 +13,7 @@ register = LOSSES.register
 
 def build(name: str, **params) -> PartialLabelLoss:
     cls = LOSSES.get(name)
-    accepted = inspect.signature(cls.__init__).parameters
-    unknown = sorted(set(params) - set(accepted))
-    if unknown:
-        valid = [p for p in accepted if p != "self"]
-        raise PamcError(f"loss {name!r} takes no parameter {', '.join(unknown)}; valid: {', '.join(valid) or 'none'}")
+    check_keywords(cls, params, f"loss {name!r}", "parameter")
     return cls(**params)
 
 

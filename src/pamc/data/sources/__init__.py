@@ -7,13 +7,13 @@ One module per dataset: voc, coco, nuswide, cub, openimages, own.
 """
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ...errors import PamcError
+from ...registry import check_keywords
 from ...sparse_labels import SparseLabels
 from .base import DATASET_INFO, SOURCES, SourceData, SourceSplit, find_missing, few
 
@@ -21,10 +21,7 @@ from .base import DATASET_INFO, SOURCES, SourceData, SourceSplit, find_missing, 
 def read_source(dataset: str, root: str | Path, **options: Any) -> SourceData:
     """Read dataset `dataset` (voc, coco, nuswide, cub, openimages, own) from `root`."""
     reader = SOURCES.get(dataset)
-    accepted = [p for p in inspect.signature(reader).parameters if p != "root"]
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise PamcError(f"dataset {dataset!r} takes no option {', '.join(unknown)}; valid: {', '.join(accepted) or 'none'}")
+    check_keywords(reader, options, f"dataset {dataset!r}", "option", exclude=("root",))
     if not Path(root).exists():
         raise PamcError(f"dataset folder {root} not found")
     return reader(root, **options)
