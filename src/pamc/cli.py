@@ -154,11 +154,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .inference import load_split
 
     split = load_split(args.split, key_values(args.data, "--data"), args.checkpoints[0])
-    summary = compare_explanations(args.checkpoints, split, args.out, labels=args.labels, boosted_alpha=args.boost_alpha,
-                                   max_images=args.max_images, device=args.device)
+    compare_explanations(args.checkpoints, split, args.out, labels=args.labels, boosted_alpha=args.boost_alpha,
+                         max_images=args.max_images, device=args.device)
     print(f"wrote {Path(args.out) / 'report.md'} (and report.html, summary.json, figures)")
-    for line in summary.get("headline", []):
-        print(line)
     return 0
 
 
@@ -238,6 +236,13 @@ def cmd_list(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- parser
 
 
+def add_data_flags(p: argparse.ArgumentParser, split: str, what: str) -> None:
+    """Which images a checkpoint command reads: a split of the checkpoint's data, or other data."""
+    p.add_argument("--split", default=split, choices=["train", "val", "test"])
+    p.add_argument("--data", action="append", metavar="KEY=VALUE", help=f"{what} (default: the training data)")
+    p.add_argument("--device", default="auto")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pamc", description="Partially annotated multi-label classification with BoostLU.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -254,11 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--torchvision", metavar="ARCH=WEIGHTS", help="evaluate a torchvision classifier from a weights file, "
                    "converted to CAM form (post-hoc BoostLU; needs --data)")
     p.add_argument("--boost-alpha", type=float, help="BoostLU alpha for --torchvision models")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--alpha", type=float, nargs="+", help="evaluation alphas (default: the checkpoint's)")
-    p.add_argument("--data", action="append", metavar="KEY=VALUE", help="evaluate on other data (default: the training data)")
     p.add_argument("--per-class-csv", help="write per-class AP here")
-    p.add_argument("--device", default="auto")
+    add_data_flags(p, "test", "evaluate on other data")
 
     p = sub.add_parser("predict", help="per-class scores for image files or folders")
     p.add_argument("checkpoint")
@@ -283,8 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.add_argument("images", nargs="*", help="image files/folders (default: --split of the checkpoint's data)")
     p.add_argument("--out", required=True)
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--data", action="append", metavar="KEY=VALUE")
+    add_data_flags(p, "test", "draw images of other data")
     p.add_argument("--max-images", type=int, default=8)
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--classes", nargs="+", help="class names to draw instead of the top-k")
@@ -292,17 +294,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, help="BoostLU alpha (default: the checkpoint's)")
     p.add_argument("--vmax", type=float, help="fix the colour scale (to compare runs)")
     p.add_argument("--signed", action="store_true", help="show negative attributions too")
-    p.add_argument("--device", default="auto")
 
     p = sub.add_parser("compare-explanations", help="measure how the CAMs of two or more checkpoints differ")
     p.add_argument("checkpoints", nargs="+", help="the full-label reference first, then partial-label models")
     p.add_argument("--out", required=True)
     p.add_argument("--labels", nargs="+", help="a name per checkpoint")
     p.add_argument("--boost-alpha", type=float, help="also compare the partial models with BoostLU(alpha)")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--data", action="append", metavar="KEY=VALUE")
+    add_data_flags(p, "test", "compare on other data")
     p.add_argument("--max-images", type=int, default=200)
-    p.add_argument("--device", default="auto")
 
     p = sub.add_parser("tune-alpha", help="sweep the evaluation alpha on validation")
     p.add_argument("checkpoint")
@@ -310,10 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alphas", type=float, nargs="+", default=[1, 1.5, 2, 3, 4, 5, 6, 8, 10])
     p.add_argument("--mode", default="observed", choices=["full", "observed"],
                    help="select with full validation labels or only the observed partial ones (realistic)")
-    p.add_argument("--split", default="val", choices=["train", "val", "test"])
-    p.add_argument("--data", action="append", metavar="KEY=VALUE")
+    add_data_flags(p, "val", "tune on other data")
     p.add_argument("--store", action="store_true", help="save the best alpha as the checkpoint's evaluation alpha")
-    p.add_argument("--device", default="auto")
 
     p = sub.add_parser("prepare", help="convert a dataset to pamc's format with the reference protocol")
     p.add_argument("dataset", help="voc | coco | nuswide | cub | openimages | own")
