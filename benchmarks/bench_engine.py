@@ -28,8 +28,7 @@ import torch
 import pamc
 from pamc.checkpoint import load_model
 from pamc.data.scenes import make_scenes
-from pamc.engine import predict
-from pamc.inference import runtime
+from pamc.runtime import Runtime, predict
 
 ALPHAS = (1.0, 5.0)
 
@@ -80,7 +79,7 @@ def main() -> None:
             samples, out = train_samples(data, bundle, alpha, epochs, Path(tmp) / f"run{n}")
             train[alpha] += samples
         model, _ = load_model(out)
-    rt = runtime("cpu")
+    rt = Runtime.create("cpu")
     infer = {a: [] for a in ALPHAS}
     inference_sample(model, bundle.test.images, rt, 1.0, 128)  # warm-up
     for alpha in alternating(repeats * 2):

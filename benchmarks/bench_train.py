@@ -48,7 +48,8 @@ from torch.utils.data import Dataset
 from pamc.config import TrainConfig, make_config
 from pamc.data import DatasetBundle, Split
 from pamc.distributed import GlobalBatches
-from pamc.engine import Run, predict
+from pamc.engine import Run
+from pamc.runtime import predict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_data import make_jpegs  # noqa: E402  (the shared synthetic JPEG set)

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import pamc
-from pamc.checkpoint import load_resume_state
+from pamc.checkpoint import RunFolder
 from pamc.config import TrainConfig, make_config
 from pamc.data.scenes import make_scenes
 from pamc.engine import Run
@@ -46,8 +46,8 @@ def train_recording(method: str, out: Path, cache: Path) -> list[dict]:
     run = Run(config(method, out, cache))
     steps, forward = [], run.loss_fn.forward
 
-    def recording(logits, observed, epoch=1, index=None):
-        loss = forward(logits, observed, epoch=epoch, index=index)
+    def recording(logits, observed, epoch=1, index=None, gather=None):
+        loss = forward(logits, observed, epoch=epoch, index=index, gather=gather)
         steps.append({"epoch": epoch, "index": index.cpu(), "selected": run.loss_fn.last_selected.cpu()})
         return loss
 
@@ -146,8 +146,8 @@ def test_same_global_batches_and_selected_entries_every_step(runs):
 
 def test_label_corrections_identical_in_store_and_checkpoint(runs):
     root, one, _ = runs
-    state1 = load_resume_state(root / "one-ll-cp" / "last" / "state.pt")["labels"]
-    state2 = load_resume_state(root / "two-ll-cp" / "last" / "state.pt")["labels"]
+    state1 = RunFolder(root / "one-ll-cp").load_state()["labels"]
+    state2 = RunFolder(root / "two-ll-cp").load_state()["labels"]
     assert torch.equal(state1["initial"], state2["initial"])
     assert torch.equal(state1["observed"], state2["observed"])
     # independent reference: the initial labels with every selected entry set to 1
@@ -180,9 +180,9 @@ def test_logged_epochs_and_map_match(runs, method):
 
 def test_role_label_estimates_identical(runs):
     root, _, _ = runs
-    theta = [load_resume_state(root / f"{k}-role" / "last" / "state.pt")["loss"]["logits"] for k in ("one", "two")]
+    theta = [RunFolder(root / f"{k}-role").load_state()["loss"]["logits"] for k in ("one", "two")]
     torch.testing.assert_close(theta[1], theta[0], atol=TOLERANCE, rtol=0)
-    labels = load_resume_state(root / "one-role" / "last" / "state.pt")["labels"]["initial"]
+    labels = RunFolder(root / "one-role").load_state()["labels"]["initial"]
     start = build_loss("role", num_images=95, num_classes=10, k=1.5, init_observed=labels, seed=0).logits
     assert (theta[0] - start).abs().max() > 100 * TOLERANCE  # the estimates did train
 

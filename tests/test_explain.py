@@ -273,8 +273,8 @@ def test_tune_alpha_matches_direct_evaluation(tmp_path, scene_checkpoints):
 def test_tune_alpha_command_stores_eval_alpha(tmp_path, scene_checkpoints):
     _, partial_ckpt = scene_checkpoints
     result = tune_alpha_command(partial_ckpt, scene_split(), tmp_path, alphas=(1, 4), store=True)
-    assert read_meta(partial_ckpt / "best")["eval_alpha"] == result["best_alpha"]
+    assert read_meta(partial_ckpt / "best").eval_alpha == result["best_alpha"]
     store_eval_alpha(partial_ckpt, 1.0)
-    assert read_meta(partial_ckpt / "best")["eval_alpha"] == 1.0
+    assert read_meta(partial_ckpt / "best").eval_alpha == 1.0
     with pytest.raises(PamcError, match="alpha must be >= 1"):
         store_eval_alpha(partial_ckpt, 0.5)

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from pamc.data import ArrayImages
 from pamc.distributed import Dist, GlobalBatches
-from pamc.engine import Runtime, predict, train
+from pamc.engine import train
+from pamc.runtime import Runtime, predict
 from pamc.losses import build as build_loss
 from pamc.models import CamClassifier
 

@@ -12,7 +12,7 @@ import pamc
 from pamc import features as F
 from pamc import linear_init as LI
 from pamc.data.transforms import normalize_uint8
-from pamc.engine import Runtime
+from pamc.runtime import Runtime
 from pamc.config import TrainConfig
 from pamc.errors import PamcError
 from pamc.models import build_backbone
@@ -22,22 +22,22 @@ from pamc.models import build_backbone
 def spy(monkeypatch):
     """Records the run's state just before and just after phase 1."""
     seen = {}
-    original = LI.apply_linear_init
+    original = LI.LinearInit.run
 
-    def wrapped(run):
-        seen["backbone"] = copy.deepcopy(run.model.backbone)
-        seen["head_before"] = {k: v.clone() for k, v in run.model.head.state_dict().items()}
-        if hasattr(run.loss_fn, "logits"):
-            seen["theta_before"] = run.loss_fn.logits.detach().clone()
-        summary = original(run)
-        seen["head_after"] = {k: v.clone() for k, v in run.model.head.state_dict().items()}
-        if hasattr(run.loss_fn, "logits"):
-            seen["theta_after"] = run.loss_fn.logits.detach().clone()
-        seen["label_edits_after"] = run.store.num_edits()
+    def wrapped(self, model, loss_fn, store, *args, **kwargs):
+        seen["backbone"] = copy.deepcopy(model.backbone)
+        seen["head_before"] = {k: v.clone() for k, v in model.head.state_dict().items()}
+        if hasattr(loss_fn, "logits"):
+            seen["theta_before"] = loss_fn.logits.detach().clone()
+        summary = original(self, model, loss_fn, store, *args, **kwargs)
+        seen["head_after"] = {k: v.clone() for k, v in model.head.state_dict().items()}
+        if hasattr(loss_fn, "logits"):
+            seen["theta_after"] = loss_fn.logits.detach().clone()
+        seen["label_edits_after"] = store.num_edits()
         seen["summary"] = summary
         return summary
 
-    monkeypatch.setattr(LI, "apply_linear_init", wrapped)
+    monkeypatch.setattr(LI.LinearInit, "run", wrapped)
     return seen
 
 
@@ -148,10 +148,10 @@ def test_spatial_phase_trains_with_boostlu_and_keeps_label_edits_private(tiny_bu
 ])
 def test_bad_settings_are_one_line_errors(value, problem):
     with pytest.raises(PamcError, match=problem):
-        LI.LinearInitSettings.from_config(value)
+        LI.LinearInit.from_config(value)
 
 
 def test_true_means_the_reference_defaults():
-    settings = LI.LinearInitSettings.from_config(True)
+    settings = LI.LinearInit.from_config(True)
     assert (settings.epochs, settings.lr, settings.batch_size, settings.spatial) == (25, 1e-3, 16, False)
-    assert LI.LinearInitSettings.from_config({"lr": "1e-4"}).lr == 1e-4  # as YAML reads 1e-4
+    assert LI.LinearInit.from_config({"lr": "1e-4"}).lr == 1e-4  # as YAML reads 1e-4

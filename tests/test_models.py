@@ -8,7 +8,8 @@ from torch import nn
 
 from pamc import CamClassifier
 from pamc.errors import PamcError
-from pamc.models import BACKBONES, SceneCNN, build_backbone
+from pamc.models import BACKBONES, build_backbone
+from pamc.models.scene_cnn import SceneCNN
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from pamc.config import preset_descriptions, preset_files, resolve
 from pamc.data import DATASETS
 from pamc.data.sources.base import DATASET_INFO
 from pamc.engine import build_loss
-from pamc.linear_init import LinearInitSettings
+from pamc.linear_init import LinearInit
 from pamc.models import BACKBONES
 
 PRESETS = sorted(preset_files())
@@ -21,10 +21,10 @@ METHODS = ("full", "an", "an-ls", "an-ls-li", "asl", "wan", "epr", "role", "role
            "ll-r", "ll-r-boostlu", "ll-ct", "ll-ct-boostlu", "ll-cp", "ll-cp-boostlu")
 
 
-def _num_classes(cfg):
+def _info(cfg):
     if cfg.data["name"] == "scenes":
-        return 10
-    return DATASET_INFO[cfg.data["path"].split("/")[1].split("-")[0]]["num_classes"]
+        return {"num_classes": 10, "expected_positives": 2.5}
+    return DATASET_INFO[cfg.data["path"].split("/")[1].split("-")[0]]
 
 
 def test_every_table_cell_has_a_preset():
@@ -39,10 +39,11 @@ def test_preset_resolves_and_builds(name):
     cfg = resolve(preset=name)
     assert cfg.method in losses.names() and cfg.backbone in BACKBONES.names() and cfg.data["name"] in DATASETS.names()
     # the loss accepts the preset's parameters and the dataset's shape (k <= C, warmup < epochs, ...)
-    num_classes = _num_classes(cfg)
-    build_loss(cfg, 4, num_classes, torch.zeros(4, num_classes))
+    info = _info(cfg)
+    num_classes = info["num_classes"]
+    build_loss(cfg, 4, num_classes, torch.zeros(4, num_classes), info["expected_positives"])
     if cfg.linear_init is not None:
-        LinearInitSettings.from_config(cfg.linear_init)
+        LinearInit.from_config(cfg.linear_init)
     description = preset_descriptions()[name]
     assert description
     if not name.startswith("scenes-"):
@@ -61,9 +62,9 @@ def test_preset_resolves_and_builds(name):
     ("coco-em-apl", dict(batch_size=16, lr=1e-5, loss={"alpha": 0.1, "beta": 0.9, "warmup": 5, "neg_proportion": 0.9})),
     ("nuswide-em-apl", dict(batch_size=16, lr=1e-5, loss={"alpha": 0.1, "beta": 0.2, "warmup": 4, "neg_proportion": 0.9})),
     ("cub-em", dict(method="em", batch_size=8, lr=1e-4, lr_mult=1.0, loss={"alpha": 0.01})),
-    ("cub-epr", dict(method="epr", loss={"k": 31.4})),
-    ("coco-role", dict(method="role", loss={"k": 2.9, "lr_mult": 10.0}, lr_mult=1.0, linear_init=None)),
-    ("voc-role-li", dict(method="role", loss={"k": 1.5, "lr_mult": 10.0},
+    ("cub-epr", dict(method="epr", loss={})),
+    ("coco-role", dict(method="role", loss={"lr_mult": 10.0}, lr_mult=1.0, linear_init=None)),
+    ("voc-role-li", dict(method="role", loss={"lr_mult": 10.0},
                          linear_init={"epochs": 25, "lr": 1e-3, "batch_size": 16})),
     ("cub-role-li", dict(linear_init={"epochs": 25, "lr": 1e-3, "batch_size": 8})),
     ("nuswide-an-ls-li", dict(method="an-ls", linear_init={"epochs": 25, "lr": 1e-4, "batch_size": 16})),
@@ -79,9 +80,12 @@ def test_spec_values(name, values):
 
 @pytest.mark.parametrize("dataset", DATASETS_4)
 def test_expected_positives_match_the_dataset(dataset):
-    k = DATASET_INFO[dataset]["expected_positives"]
+    """k has one home, the dataset's facts: presets do not repeat it, the engine passes it on."""
+    k, num_classes = DATASET_INFO[dataset]["expected_positives"], DATASET_INFO[dataset]["num_classes"]
     for method in ("epr", "role", "role-li"):
-        assert resolve(preset=f"{dataset}-{method}").loss["k"] == k
+        cfg = resolve(preset=f"{dataset}-{method}")
+        assert "k" not in cfg.loss
+        assert build_loss(cfg, 4, num_classes, torch.zeros(4, num_classes), k).k == k
 
 
 def test_descriptions_quote_the_paper_table():

@@ -1,66 +1,98 @@
-"""Checkpoints: weights as safetensors + a JSON description, resume state via weights_only load.
+"""Run folders and checkpoints: the layout of a run, typed checkpoint metadata, safe save/load.
 
-Every file is written to a temporary name and moved into place (os.replace), so an interrupted
-write never leaves a half-written checkpoint behind.
+A run folder (`RunFolder`) holds ``config.yaml`` (the resolved settings), ``metrics.jsonl`` (one
+line per epoch), ``results.json``, and the checkpoints ``best/`` and ``last/``.  A checkpoint
+folder holds ``model.safetensors`` (weights) and ``model.json`` (a `CheckpointMeta`); ``last/``
+also holds ``state.pt`` (optimiser, label edits, loss state), read with ``weights_only=True``.
+Every file is written atomically (`pamc.files`), so an interrupted write never leaves a
+half-written checkpoint behind.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
-import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Optional
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from .errors import PamcError
+from .files import atomic_write, write_json, write_text
 from .models import CamClassifier
+from .models.weights import load_state, read_state_dict
+from .runtime import unwrap
 
 MODEL_FILE = "model.safetensors"
 MODEL_META = "model.json"
+#: the model.json layout this pamc writes; files without a version field are version 1
+CHECKPOINT_VERSION = 1
 
 
-def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+@dataclass
+class CheckpointMeta:
+    """What ``model.json`` holds: enough to rebuild the model and to re-read its data."""
 
+    backbone: str
+    num_classes: int
+    alpha: float = 1.0  # BoostLU in training
+    eval_alpha: Optional[float] = None  # BoostLU at evaluation (tuned or configured); None = alpha
+    class_names: Optional[list[str]] = None
+    image_size: Optional[int] = None
+    method: Optional[str] = None
+    epoch: Optional[int] = None
+    dataset: Optional[str] = None
+    data: Optional[dict] = None  # the data settings that rebuild the training dataset
+    observation: str = "auto"
+    observation_seed: int = 1200
+    version: int = CHECKPOINT_VERSION
+    extra: dict = field(default_factory=dict)  # keys of other tools, kept as they are
 
-def write_json(path: Path, data: Any) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=2)
+    @property
+    def test_alpha(self) -> float:
+        """The alpha the checkpoint is evaluated with."""
+        return float(self.alpha if self.eval_alpha is None else self.eval_alpha)
 
-    atomic_write(path, write)
+    @classmethod
+    def from_dict(cls, values: dict, source: str = "model.json") -> "CheckpointMeta":
+        version = values.get("version", 1)
+        if not isinstance(version, int) or version > CHECKPOINT_VERSION:
+            raise PamcError(f"{source} has checkpoint version {version!r}; this pamc reads version "
+                            f"{CHECKPOINT_VERSION} and older: upgrade pamc")
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        for key in ("backbone", "num_classes"):
+            if key not in values:
+                raise PamcError(f"{source} lacks {key!r}; it was not written by pamc")
+        known = {k: v for k, v in values.items() if k in names}
+        extra = {**values.get("extra", {}), **{k: v for k, v in values.items() if k not in names and k != "extra"}}
+        return cls(**{**known, "version": CHECKPOINT_VERSION}, extra=extra)
 
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The plain model under DDP / torch.compile wrappers."""
-    model = getattr(model, "module", model)
-    return getattr(model, "_orig_mod", model)
+    def to_dict(self) -> dict:
+        out = {k: v for k, v in dataclasses.asdict(self).items() if k != "extra"}
+        return {**out, **self.extra}
 
 
 def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The plain model's tensors on the CPU, contiguous (as safetensors stores them)."""
     return {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
 
 
-def save_model(folder: Path, model: CamClassifier, meta: dict) -> None:
-    """Write `model.safetensors` + `model.json` (backbone name, classes, alphas, ...) into `folder`."""
+def save_model(folder: Path, model: torch.nn.Module, meta: CheckpointMeta | dict) -> None:
+    """Write `model.safetensors` + `model.json` into `folder`."""
+    meta = meta if isinstance(meta, CheckpointMeta) else CheckpointMeta.from_dict(meta)
     folder = Path(folder)
-    atomic_write(folder / MODEL_FILE, lambda tmp: save_file(model_state(model), tmp))
-    write_json(folder / MODEL_META, meta)
+    state = model_state(model)
+    atomic_write(folder / MODEL_FILE, lambda tmp: save_file(state, tmp))
+    write_meta(folder, meta)
 
 
-def read_meta(folder: Path) -> dict:
+def write_meta(folder: Path, meta: CheckpointMeta) -> Path:
+    write_json(Path(folder) / MODEL_META, meta.to_dict())
+    return Path(folder) / MODEL_META
+
+
+def read_meta(folder: Path) -> CheckpointMeta:
     folder = Path(folder)
     if folder.is_file():
         folder = folder.parent
@@ -68,9 +100,12 @@ def read_meta(folder: Path) -> dict:
     if not meta_path.is_file():
         raise PamcError(f"{folder} is not a pamc checkpoint (no {MODEL_META}); pass a run folder or its best/ or last/ folder")
     try:
-        return json.loads(meta_path.read_text())
+        values = json.loads(meta_path.read_text())
     except json.JSONDecodeError as exc:
         raise PamcError(f"checkpoint description {meta_path} is corrupt ({exc}); retrain or restore it") from None
+    if not isinstance(values, dict):
+        raise PamcError(f"checkpoint description {meta_path} is not a mapping; retrain or restore it")
+    return CheckpointMeta.from_dict(values, str(meta_path))
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -80,42 +115,84 @@ def resolve_checkpoint(path: str | Path) -> Path:
         raise PamcError(f"checkpoint {path} not found; pass a run folder made by `pamc train`")
     if path.is_file():
         path = path.parent
-    if (path / "best" / MODEL_META).is_file():
-        return path / "best"
-    return path
+    return RunFolder(path).best if (RunFolder(path).best / MODEL_META).is_file() else path
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[CamClassifier, dict]:
-    """Rebuild a `CamClassifier` from a checkpoint folder; returns (model in eval mode, meta)."""
+def load_weights(model: torch.nn.Module, file: Path) -> None:
+    """A checkpoint's weights into `model` (which must be the same architecture)."""
+    if not Path(file).is_file():
+        raise PamcError(f"weights {file} not found; the checkpoint is incomplete")
+    load_state(unwrap(model), read_state_dict(file, "checkpoint weights"), f"checkpoint weights {file}",
+               hint="they are from another model; use the checkpoint's own model.json and weights")
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[CamClassifier, CheckpointMeta]:
+    """Rebuild a `CamClassifier` from a checkpoint; returns (model in eval mode, meta)."""
     folder = resolve_checkpoint(path)
     meta = read_meta(folder)
-    for key in ("backbone", "num_classes"):
-        if key not in meta:
-            raise PamcError(f"checkpoint {folder} lacks {key!r} in {MODEL_META}; it was not written by pamc")
-    model = CamClassifier(meta["backbone"], meta["num_classes"], alpha=meta.get("alpha", 1.0))
+    model = CamClassifier(meta.backbone, meta.num_classes, alpha=meta.alpha)
     load_weights(model, folder / MODEL_FILE)
     return model.to(device).eval(), meta
 
 
-def load_weights(model: torch.nn.Module, file: Path) -> None:
-    if not Path(file).is_file():
-        raise PamcError(f"weights {file} not found; the checkpoint is incomplete")
-    try:
-        state = load_file(str(file))
-    except Exception as exc:
-        raise PamcError(f"weights {file} are corrupt ({exc.__class__.__name__}); use another checkpoint") from None
-    try:
-        unwrap(model).load_state_dict(state)
-    except RuntimeError as exc:
-        raise PamcError(f"weights {file} are from another model: {str(exc).splitlines()[0][:200]}") from None
+class RunFolder:
+    """The layout of one training run's folder; the only place its file names are spelled."""
 
+    CONFIG, METRICS, RESULTS, BEST, LAST, STATE = "config.yaml", "metrics.jsonl", "results.json", "best", "last", "state.pt"
 
-def save_resume_state(path: Path, state: dict) -> None:
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
 
+    config = property(lambda self: self.path / self.CONFIG)
+    metrics = property(lambda self: self.path / self.METRICS)
+    results = property(lambda self: self.path / self.RESULTS)
+    best = property(lambda self: self.path / self.BEST)
+    last = property(lambda self: self.path / self.LAST)
+    state = property(lambda self: self.last / self.STATE)
 
-def load_resume_state(path: Path) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise PamcError(f"resume state {path} is corrupt or unsafe ({exc.__class__.__name__}); start over with --overwrite") from None
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    def is_empty(self) -> bool:
+        return not self.path.exists() or not any(self.path.iterdir())
+
+    def can_resume(self) -> bool:
+        return self.state.is_file()
+
+    def read_config(self) -> dict:
+        from .config import load_yaml
+
+        if not self.config.is_file():
+            raise PamcError(f"{self.path} holds no {self.CONFIG}; it is not a pamc run folder")
+        return load_yaml(self.config)
+
+    def write_config(self, values: dict) -> None:
+        import yaml
+
+        write_text(self.config, yaml.safe_dump(values, sort_keys=False))
+
+    def append_metrics(self, record: dict) -> None:
+        with open(self.metrics, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def rewrite_metrics(self, records: list[dict]) -> None:
+        write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in records))
+
+    def read_results(self) -> dict:
+        return json.loads(self.results.read_text())
+
+    def write_results(self, results: dict) -> None:
+        write_json(self.results, results)
+
+    def save_checkpoint(self, which: str, model: torch.nn.Module, meta: CheckpointMeta) -> None:
+        save_model(self.path / which, model, meta)
+
+    def save_state(self, state: dict) -> None:
+        atomic_write(self.state, lambda tmp: torch.save(state, tmp))
+
+    def load_state(self) -> dict:
+        try:
+            return torch.load(self.state, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise PamcError(f"resume state {self.state} is corrupt or unsafe ({exc.__class__.__name__}); "
+                            "start over with --overwrite") from None

@@ -70,16 +70,16 @@ def config_overrides(args: argparse.Namespace) -> dict:
 
 @command("train")
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import load_yaml, make_config, apply_overrides, resolve
+    from .config import resolve
     from .engine import train
 
     if args.resume:
-        run = Path(args.resume)
-        values = load_yaml(run / "config.yaml")
-        cfg = make_config(apply_overrides(values, {**config_overrides(args), "out": str(run)}))
+        if args.config or args.preset:
+            raise PamcError("--resume continues a run with its own saved settings; drop --config/--preset "
+                            "(flags such as --epochs still override)")
+        result = train({**config_overrides(args), "out": args.resume}, resume=True)
     else:
-        cfg = resolve(args.config, args.preset, config_overrides(args))
-    result = train(cfg, resume=bool(args.resume))
+        result = train(resolve(args.config, args.preset, config_overrides(args)))
     r = result.results
     print(f"test mAP {r['test_map']:.2f} (alpha {r['eval_alpha']:g}, best val epoch {r['best_epoch']}, "
           f"val mAP {r['val_map']:.2f}); run folder {result.out}")
@@ -96,13 +96,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     data = key_values(args.data, "--data") or None
     model = meta = None
     if args.torchvision:  # post-hoc BoostLU on an existing GAP + linear classifier
+        from .checkpoint import CheckpointMeta
         from .posthoc import boost_torchvision_file
 
         arch, _, weights = args.torchvision.partition("=")
         if not weights or not data:
             raise PamcError("--torchvision needs ARCH=WEIGHTS_FILE and --data naming the dataset it was trained for")
         model = boost_torchvision_file(arch, weights, args.boost_alpha or 1.0)
-        meta = {"num_classes": model.num_classes, "eval_alpha": args.boost_alpha or 1.0}
+        meta = CheckpointMeta(backbone=arch, num_classes=model.num_classes, alpha=args.boost_alpha or 1.0)
     elif args.checkpoint is None:
         raise PamcError("give a checkpoint (run folder) or --torchvision ARCH=WEIGHTS_FILE")
     alphas = args.alpha or ([args.boost_alpha] if args.boost_alpha else None)
@@ -212,8 +213,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 @command("presets")
 def cmd_presets(args: argparse.Namespace) -> int:
-    from .config import preset_descriptions
+    from .config import preset_descriptions, resolve
 
+    if args.show:
+        import yaml
+
+        print(yaml.safe_dump(resolve(preset=args.show).to_dict(), sort_keys=False), end="")
+        return 0
     for name, text in preset_descriptions().items():
         print(f"{name:32s} {text}")
     return 0
@@ -250,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model (YAML config, preset and/or flags)")
     p.add_argument("--config", help="YAML file of settings")
     p.add_argument("--preset", help="named preset (see `pamc presets`)")
-    p.add_argument("--resume", metavar="RUN", help="continue the interrupted run in this folder")
+    p.add_argument("--resume", metavar="RUN", help="continue the interrupted run in this folder (its saved "
+                   "config.yaml, with any flags given on top)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any setting, dotted for mappings (data.source=fashion)")
     add_config_flags(p)
 
@@ -318,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=1200)
     p.add_argument("--val-fraction", type=float, default=0.2)
-    p.add_argument("--observation", help="single-positive | as-given | fraction:P (default: the dataset's)")
+    p.add_argument("--observation", default="auto",
+                   help="auto (the dataset's default) | as-given | full | single-positive | fraction:P")
     p.add_argument("--missing", default="fail", choices=["fail", "drop"], help="what to do with missing image files")
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="reader options (own: labels=FILE; nuswide: variant=...)")
     p.add_argument("--overwrite", action="store_true")
@@ -329,7 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--option", action="append", metavar="KEY=VALUE")
     p.add_argument("--no-image-check", action="store_true")
 
-    sub.add_parser("presets", help="list the named presets")
+    p = sub.add_parser("presets", help="list the named presets")
+    p.add_argument("--show", metavar="NAME", help="print the resolved settings of one preset (its base: chain applied)")
     sub.add_parser("list", help="list backbones, losses, datasets and presets")
     return parser
 

@@ -20,11 +20,11 @@ from .errors import PamcError
 class TrainConfig:
     # data
     data: dict = field(default_factory=lambda: {"name": "scenes", "source": "digits"})
-    observation: str = "auto"  # auto (as-given if the data has observed labels, else single-positive) | single-positive | fraction:P | as-given | full
+    observation: str = "auto"  # auto | as-given | full | single-positive | fraction:P (see pamc.labels)
     observation_seed: int = 1200
     # model
     backbone: str = "scene-cnn"
-    backbone_weights: Optional[str] = None  # None | path | imagenet | scenes (pretrain on scene objects)
+    backbone_weights: Optional[str] = None  # none | path | imagenet | scenes (pretrain on scene objects)
     alpha: float = 1.0  # BoostLU in training
     eval_alpha: Optional[float] = None  # BoostLU at validation/test (None = alpha)
     # method
@@ -101,19 +101,36 @@ def apply_overrides(base: dict, overrides: dict) -> dict:
     return out
 
 
+#: accepted values of the speed settings (checked before any work)
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
+SWITCHES = ("auto", "on", "off")
+
+
 def make_config(values: dict) -> TrainConfig:
+    """A checked `TrainConfig`: every setting that can be wrong is refused here, before data loads."""
     unknown = sorted(set(values) - set(FIELDS))
     if unknown:
         raise PamcError(f"unknown setting(s) {', '.join(unknown)}; valid: {', '.join(FIELDS)}")
+    values = dict(values)
+    if isinstance(values.get("backbone_weights"), str) and values["backbone_weights"].lower() == "none":
+        values["backbone_weights"] = None  # `--backbone-weights none` clears a preset's weights
     cfg = TrainConfig(**values)
     for name in ("epochs", "batch_size"):
         if not isinstance(getattr(cfg, name), int) or getattr(cfg, name) < 1:
             raise PamcError(f"{name} must be a positive integer (got {getattr(cfg, name)!r})")
     if cfg.selection not in ("full", "observed"):
         raise PamcError(f"selection must be 'full' or 'observed' (got {cfg.selection!r})")
-    from .boostlu import check_alpha
+    from .activation import check_alpha
+    from .labels import Observation
     from .losses import LOSSES
     from .models import BACKBONES
+    from .runtime import AMP_MODES, CHANNELS_LAST_MODES, check_mode
+
+    cfg.observation = str(Observation.parse(cfg.observation))
+    check_mode("amp", cfg.amp, AMP_MODES)
+    check_mode("channels_last", cfg.channels_last, CHANNELS_LAST_MODES)
+    check_mode("compile", cfg.compile, dict.fromkeys(COMPILE_MODES))
+    check_mode("fused_adam", cfg.fused_adam, dict.fromkeys(SWITCHES))
 
     LOSSES.get(cfg.method), BACKBONES.get(cfg.backbone)  # unknown names fail here, before any work
     check_alpha(cfg.alpha)
@@ -143,11 +160,33 @@ def preset_files() -> dict[str, Path]:
     return {Path(p.name).stem: Path(str(p)) for p in folder.iterdir() if p.name.endswith(".yaml")}
 
 
-def load_preset(name: str) -> dict:
+def merge(base: dict, child: dict) -> dict:
+    """`child` over `base`; mappings (data, loss, linear_init) merge key by key, as `_BASE_` does."""
+    out = dict(base)
+    for key, value in child.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_preset(name: str, _seen: tuple[str, ...] = ()) -> dict:
+    """A preset's settings with its `base:` chain resolved (the base's keys, overridden by its own).
+
+    A changed `data.name` replaces the base's data mapping instead of merging into it (its keys
+    belong to another dataset), as `--set data.name=...` does."""
     presets = preset_files()
     if name not in presets:
         raise PamcError(f"unknown preset {name!r}; valid: {', '.join(sorted(presets))} (see `pamc presets`)")
-    return load_yaml(presets[name])
+    if name in _seen:
+        raise PamcError(f"preset {name!r} inherits from itself through {' -> '.join(_seen + (name,))}; fix its base:")
+    values = load_yaml(presets[name])
+    base = values.pop("base", None)
+    if base is None:
+        return values
+    inherited = load_preset(str(base), _seen + (name,))
+    data = values.get("data")
+    if isinstance(data, dict) and "name" in data and data["name"] != (inherited.get("data") or {}).get("name"):
+        inherited.pop("data", None)
+    return merge(inherited, values)
 
 
 def preset_descriptions() -> dict[str, str]:
@@ -159,11 +198,28 @@ def preset_descriptions() -> dict[str, str]:
 
 
 def resolve(config: Optional[str] = None, preset: Optional[str] = None, overrides: Optional[dict] = None) -> TrainConfig:
-    """Defaults <- preset <- YAML file <- overrides (later wins)."""
+    """Defaults <- preset <- YAML file <- overrides (later wins).  A YAML file may name a
+    `base:` preset too."""
     values = TrainConfig().to_dict()
     if preset:
         values = apply_overrides(values, load_preset(preset))
     if config:
-        values = apply_overrides(values, load_yaml(config))
+        own = load_yaml(config)
+        if "base" in own:
+            values = apply_overrides(values, load_preset(str(own.pop("base"))))
+        values = apply_overrides(values, own)
     return make_config(apply_overrides(values, overrides or {}))
+
+
+def resume_config(run_folder: str | Path, overrides: Optional[dict] = None) -> TrainConfig:
+    """The settings of a run being resumed: its saved config.yaml, with `overrides` (dotted keys
+    allowed) on top, and `out` the run folder itself -- the same for `pamc train --resume` and
+    `pamc.train(..., resume=True)`."""
+    from .checkpoint import RunFolder
+
+    folder = RunFolder(run_folder)
+    if not folder.can_resume():
+        raise PamcError(f"nothing to resume in {folder.path} (no {folder.LAST}/{folder.STATE}); start a new run")
+    values = folder.read_config()
+    return make_config(apply_overrides(values, {**(overrides or {}), "out": str(run_folder)}))
 

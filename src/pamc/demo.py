@@ -193,7 +193,7 @@ def save_cam_figure(full_run: Path, partial_run: Path, bundle, path: Path, alpha
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .boostlu import boostlu
+    from .activation import boostlu
     from .checkpoint import load_model
     from .data.transforms import normalize_uint8
 

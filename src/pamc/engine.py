@@ -20,119 +20,24 @@ from typing import Optional
 
 import numpy as np
 import torch
-import yaml
 from tqdm.auto import tqdm
 
 from . import losses as loss_registry
-from .checkpoint import (atomic_write, load_resume_state, load_weights, save_model, save_resume_state, unwrap, write_json,
-                         MODEL_FILE)
-from .config import TrainConfig, make_config
-from .data import DATASETS, DatasetBundle, Split
+from .checkpoint import MODEL_FILE, CheckpointMeta, RunFolder, load_weights
+from .config import TrainConfig, make_config, resume_config
+from .data import DatasetBundle, Split, load_bundle
 from .data.loading import image_batches
-from .data.transforms import flip_where, normalize_uint8
-from .distributed import Dist, GlobalBatches
+from .distributed import GlobalBatches
 from .errors import PamcError
-from .labels import LabelStore, observe_fraction, single_positive
+from .labels import LabelStore, label_store, observe
 from .losses.base import PartialLabelLoss
-from .metrics import mean_average_precision, partial_mean_average_precision
-from .models import CamClassifier, eval_mode
-from .registry import check_keywords
+from .metrics import split_map
+from .models import CamClassifier
+from .runtime import Runtime, predict, unwrap
 
 
 class NonFiniteLoss(PamcError):
     pass
-
-
-# ----------------------------------------------------------------------------- runtime
-
-
-@dataclass
-class Runtime:
-    """Where and how tensors are computed: device, mixed precision, memory format, processes."""
-
-    device: torch.device
-    amp_dtype: Optional[torch.dtype]
-    channels_last: bool
-    dist: Dist
-
-    @classmethod
-    def from_config(cls, cfg: TrainConfig) -> "Runtime":
-        name = cfg.device
-        if name == "auto":
-            name = "cuda" if torch.cuda.is_available() else "cpu"
-        if name.startswith("cuda") and not torch.cuda.is_available():
-            raise PamcError("device 'cuda' requested but no CUDA GPU is visible; use --device cpu")
-        dist = Dist.from_env(torch.device(name).type)
-        device = torch.device(name)
-        if device.type == "cuda":
-            device = torch.device("cuda", dist.local_rank if dist.enabled else (device.index or 0))
-            torch.cuda.set_device(device)
-            torch.backends.cudnn.benchmark = bool(cfg.cudnn_benchmark)
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
-        on_gpu = device.type == "cuda"
-        amp = {"auto": on_gpu, "bf16": True, "off": False}.get(cfg.amp)
-        if amp is None:
-            raise PamcError(f"amp must be auto, bf16 or off (got {cfg.amp!r})")
-        cl = {"auto": on_gpu, "on": True, "off": False}.get(cfg.channels_last)
-        if cl is None:
-            raise PamcError(f"channels_last must be auto, on or off (got {cfg.channels_last!r})")
-        return cls(device, torch.bfloat16 if amp else None, cl, dist)
-
-    def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None)
-
-    def prepare(self, images: torch.Tensor, flip: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """uint8 batch -> normalised float on the device (flipped where asked), in the model's layout."""
-        x = normalize_uint8(images.to(self.device, non_blocking=True))
-        if flip is not None:
-            x = flip_where(x, flip)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-
-
-# ----------------------------------------------------------------------------- data
-
-
-def load_bundle(data: dict) -> DatasetBundle:
-    params = dict(data)
-    name = params.pop("name")
-    loader = DATASETS.get(name)
-    check_keywords(loader, params, f"dataset {name!r}", "setting")
-    return loader(**params)
-
-
-def observe(split: Split, mode: str, seed: int):
-    """The observed labels of a split under the configured observation protocol."""
-    if mode == "auto":
-        mode = "as-given" if split.observed is not None else "single-positive"
-    if mode == "as-given":
-        if split.observed is None:
-            raise PamcError("observation as-given needs a dataset with observed labels; use single-positive")
-        return split.observed
-    if split.full is None:
-        raise PamcError(f"observation {mode!r} needs full labels, which this dataset lacks; use observation: as-given")
-    if mode == "single-positive":
-        return single_positive(split.full, seed=seed)
-    if mode == "full":
-        return np.where(np.asarray(split.full) == 1, 1.0, -1.0).astype(np.float32)
-    if mode.startswith("fraction:"):
-        return observe_fraction(split.full, float(mode.split(":", 1)[1]), seed=seed)
-    raise PamcError(f"unknown observation {mode!r}; valid: auto, single-positive, fraction:P, as-given, full")
-
-
-def label_store(labels):
-    """Dense matrices go into a LabelStore; sparse stores (huge label sets) are used as they are."""
-    return labels if hasattr(labels, "batch") else LabelStore(labels)
-
-
-def split_map(scores: torch.Tensor, targets) -> float:
-    """mAP of a split: full 0/1 labels, or partially annotated 1/0/-1 labels (AP over annotated)."""
-    if hasattr(targets, "batch"):
-        targets = targets.batch(torch.arange(len(targets)))
-    targets = np.asarray(targets)
-    if (targets < 0).any():
-        return partial_mean_average_precision(scores, targets)
-    return mean_average_precision(scores, targets)
 
 
 # ----------------------------------------------------------------------------- model / loss
@@ -151,16 +56,18 @@ def build_model(cfg: TrainConfig, num_classes: int) -> CamClassifier:
     return CamClassifier(cfg.backbone, num_classes, alpha=cfg.alpha, weights=weights)
 
 
-def build_loss(cfg: TrainConfig, num_images: int, num_classes: int, observed) -> PartialLabelLoss:
+def build_loss(cfg: TrainConfig, num_images: int, num_classes: int, observed,
+               expected_positives: Optional[float] = None) -> PartialLabelLoss:
     """Build the configured loss, filling in what it needs from the run (and only that).
 
     Losses with per-image state or schedules declare parameters such as `num_images` or
-    `num_epochs` in their constructor; the engine supplies those it knows unless configured.
+    `num_epochs` in their constructor; the engine supplies those it knows unless configured --
+    `k` (EPR / ROLE) from the dataset's expected number of positives, where it has one.
     """
     cls = loss_registry.LOSSES.get(cfg.method)
     context = {"num_images": num_images, "num_classes": num_classes, "num_epochs": cfg.epochs,
                "init_observed": torch.as_tensor(observed) if not hasattr(observed, "batch") else None,
-               "seed": cfg.seed}
+               "seed": cfg.seed, "k": expected_positives}
     accepted = inspect.signature(cls.__init__).parameters
     params = {k: v for k, v in context.items() if k in accepted and v is not None}
     params.update(cfg.loss or {})
@@ -175,26 +82,8 @@ def build_optimizer(model: CamClassifier, loss_fn: PartialLabelLoss, cfg: TrainC
     own = [p for p in loss_fn.parameters() if p.requires_grad]
     if own:
         groups.append({"params": own, "lr": cfg.lr * loss_fn.param_lr_mult})
-    fused = {"auto": rt.device.type == "cuda", "on": True, "off": False}[cfg.fused_adam]
+    fused = {"auto": rt.device.type == "cuda", "on": True, "off": False}[cfg.fused_adam]  # checked in make_config
     return torch.optim.Adam(groups, fused=fused or None)
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-
-@torch.no_grad()
-def predict(model: CamClassifier, images, rt: Runtime, alpha: Optional[float] = None,
-            batch_size: int = 128, num_workers: int = 0) -> torch.Tensor:
-    """Probabilities (N x C, float32, CPU) for every image; shared out and gathered under DDP."""
-    plain = unwrap(model)
-    batches = list(torch.split(rt.dist.shard(len(images)), batch_size))
-    out = []
-    with eval_mode(plain):
-        for x in image_batches(images, batches, num_workers, pin_memory=rt.device.type == "cuda"):
-            with rt.autocast():
-                out.append(torch.sigmoid(plain(rt.prepare(x), alpha=alpha).float()))
-    scores = torch.cat(out) if out else torch.zeros(0, plain.num_classes, device=rt.device)
-    return rt.dist.all_gather_cat(scores).cpu()
 
 
 # ----------------------------------------------------------------------------- the run
@@ -216,8 +105,10 @@ class Run:
     def __init__(self, cfg: TrainConfig, bundle: Optional[DatasetBundle] = None, resume: bool = False):
         self.cfg = cfg
         self.rt = Runtime.from_config(cfg)
-        self.out = Path(cfg.out)
+        self.folder = RunFolder(cfg.out)
+        self.out = self.folder.path
         self.main = self.rt.dist.is_main
+        self.resumed = resume
         self._check_folder(resume)
         torch.manual_seed(cfg.seed)
         self.bundle = bundle or load_bundle(cfg.data)
@@ -225,7 +116,8 @@ class Run:
         full_loss = getattr(loss_registry.LOSSES.get(cfg.method), "uses_full_labels", False)
         if full_loss and train.full is None:
             raise PamcError("method 'full' needs full training labels, which this dataset lacks")
-        observed = train.full.astype(np.float32) if full_loss else observe(train, cfg.observation, cfg.observation_seed)
+        observed = (train.full.astype(np.float32) if full_loss else
+                    observe(train.full, train.observed, cfg.observation, cfg.observation_seed, what="the training set"))
         self.store = label_store(observed)
         if len(self.store) != len(train):
             raise PamcError(f"{len(self.store)} label rows for {len(train)} training images; the dataset is inconsistent")
@@ -234,13 +126,9 @@ class Run:
         self.model = build_model(cfg, self.bundle.num_classes).to(self.rt.device)
         if self.rt.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.loss_fn = build_loss(cfg, len(train), self.bundle.num_classes, observed).to(self.rt.device)
-        self.loss_fn.all_gather = self.rt.dist.all_gather_cat
+        self.loss_fn = build_loss(cfg, len(train), self.bundle.num_classes, observed,
+                                  self.bundle.info.get("expected_positives")).to(self.rt.device)
         self._prepare_folder(resume)
-        if cfg.linear_init and not resume:
-            from .linear_init import apply_linear_init
-
-            apply_linear_init(self)
         self.optimizer = build_optimizer(self.model, self.loss_fn, cfg, self.rt)
         self.net = self._wrap(self.model)
         self.batches = GlobalBatches(len(train), cfg.batch_size, cfg.seed, self.rt.dist)
@@ -254,29 +142,28 @@ class Run:
     # -- setup
     def _check_folder(self, resume: bool) -> None:
         """Refuse an unusable run folder before any work; nothing is written until `_prepare_folder`."""
-        if resume and not (self.out / "last" / "state.pt").is_file():
-            raise PamcError(f"nothing to resume in {self.out} (no last/state.pt); start a new run")
-        if not resume and not self.cfg.overwrite and self.out.exists() and any(self.out.iterdir()):
+        if resume and not self.folder.can_resume():
+            raise PamcError(f"nothing to resume in {self.out} (no {self.folder.LAST}/{self.folder.STATE}); start a new run")
+        if not resume and not self.cfg.overwrite and not self.folder.is_empty():
             raise PamcError(f"run folder {self.out} already exists; pass --overwrite to replace it or --resume to continue it")
 
     def _prepare_folder(self, resume: bool) -> None:
         """Called once the run is set up, so a bad setting (loss parameter, data option) leaves no
         half-made folder behind that the corrected command would need --overwrite for."""
-        if not resume and self.out.exists() and any(self.out.iterdir()):
+        if not resume and not self.folder.is_empty():
             self.rt.dist.barrier()  # every process has looked at the folder before it goes
             if self.main:
                 shutil.rmtree(self.out)
         self.rt.dist.barrier()
         if self.main:  # rewritten on resume too: `--resume RUN --epochs N` changes the config in force
             self.out.mkdir(parents=True, exist_ok=True)
-            text = yaml.safe_dump(self.cfg.to_dict(), sort_keys=False)
-            atomic_write(self.out / "config.yaml", lambda tmp: Path(tmp).write_text(text))
+            self.folder.write_config(self.cfg.to_dict())
 
     def _selection_targets(self):
         val = self.bundle.val
         if self.cfg.selection == "observed":
-            obs = observe(val, self.cfg.observation, self.cfg.observation_seed)
-            return label_store(obs).batch(torch.arange(len(val))) if hasattr(obs, "batch") else np.asarray(obs)
+            obs = observe(val.full, val.observed, self.cfg.observation, self.cfg.observation_seed, what="the validation set")
+            return obs.batch(torch.arange(len(val))) if hasattr(obs, "batch") else np.asarray(obs)
         if val.full is None:
             raise PamcError("validation has no full labels; use --selection observed")
         return val.full
@@ -292,40 +179,37 @@ class Run:
             net = torch.compile(net, mode=None if self.cfg.compile == "default" else self.cfg.compile)
         return net
 
-    def meta(self, epoch: int) -> dict:
+    def meta(self, epoch: int) -> CheckpointMeta:
         cfg = self.cfg
-        return {"backbone": cfg.backbone, "num_classes": self.bundle.num_classes, "alpha": cfg.alpha,
-                "eval_alpha": cfg.test_alpha, "class_names": list(self.bundle.class_names),
-                "method": cfg.method, "epoch": epoch, "dataset": self.bundle.name, "data": cfg.data,
-                "observation": cfg.observation, "observation_seed": cfg.observation_seed,
-                "image_size": self.image_size}
+        return CheckpointMeta(backbone=cfg.backbone, num_classes=self.bundle.num_classes, alpha=cfg.alpha,
+                              eval_alpha=cfg.test_alpha, class_names=list(self.bundle.class_names),
+                              method=cfg.method, epoch=epoch, dataset=self.bundle.name, data=cfg.data,
+                              observation=cfg.observation, observation_seed=cfg.observation_seed,
+                              image_size=self.image_size)
 
     # -- checkpoints
     def _save(self, epoch: int, is_best: bool) -> None:
         if not self.main:
             return
         meta = self.meta(epoch)
-        save_model(self.out / "last", self.model, meta)
-        save_resume_state(self.out / "last" / "state.pt", {
+        self.folder.save_checkpoint(self.folder.LAST, self.model, meta)
+        self.folder.save_state({
             "epoch": epoch, "best_map": self.best_map, "best_epoch": self.best_epoch,
             "optimizer": self.optimizer.state_dict(), "labels": self.store.state_dict(),
-            "loss": self.loss_fn.state_dict(), "loss_extra": self.loss_fn.extra_state(),
-            "history": json.dumps(self.history)})
+            "loss": self.loss_fn.state_dict(), "history": json.dumps(self.history)})
         if is_best:
-            save_model(self.out / "best", self.model, meta)
+            self.folder.save_checkpoint(self.folder.BEST, self.model, meta)
 
     def _load_state(self) -> None:
-        state = load_resume_state(self.out / "last" / "state.pt")
-        load_weights(self.model, self.out / "last" / MODEL_FILE)
+        state = self.folder.load_state()
+        load_weights(self.model, self.folder.last / MODEL_FILE)
         self.optimizer.load_state_dict(state["optimizer"])
         self.store.load_state_dict(state["labels"])
         self.loss_fn.load_state_dict(state["loss"])
-        self.loss_fn.load_extra_state(state["loss_extra"])
         self.epoch, self.best_map, self.best_epoch = int(state["epoch"]), float(state["best_map"]), int(state["best_epoch"])
         self.history = json.loads(state["history"])
         if self.main:  # drop metric lines of epochs after the checkpoint (an interrupted epoch)
-            lines = [json.dumps(h) for h in self.history]
-            (self.out / "metrics.jsonl").write_text("".join(line + "\n" for line in lines))
+            self.folder.rewrite_metrics(self.history)
 
     # -- one epoch
     def _apply_updates(self, index: torch.Tensor, mask: torch.Tensor, values: torch.Tensor) -> int:
@@ -348,7 +232,8 @@ class Run:
             observed = self.store.batch(index).to(rt.device, non_blocking=True)
             with rt.autocast():
                 logits = self.net(rt.prepare(x, flips[index]))
-            loss = self.loss_fn(logits.float(), observed, epoch=epoch, index=index.to(rt.device))
+            loss = self.loss_fn(logits.float(), observed, epoch=epoch, index=index.to(rt.device),
+                                gather=rt.dist.all_gather_cat)
             # the local mean weighted by its share of the global batch, times the world size
             # that DDP divides by: the gradient of the global-batch mean, whatever the split
             (loss * (len(index) * rt.dist.world_size / global_bs)).backward()
@@ -365,7 +250,7 @@ class Run:
                 if not math.isfinite(mean):
                     raise NonFiniteLoss(
                         f"the loss became {mean} in epoch {epoch} (step {step}); the last good checkpoint is "
-                        f"{self.out / 'last'} (epoch {epoch - 1}); lower --lr or set --amp off")
+                        f"{self.folder.last} (epoch {epoch - 1}); lower --lr or set --amp off")
                 bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{seen * rt.dist.world_size / (time.perf_counter() - start):.0f}")
             bar.update(1)
         bar.close()
@@ -390,13 +275,27 @@ class Run:
         mask, values = updates
         return self.store.apply(torch.arange(len(self.store)), mask, values)
 
+    def predict(self, split: Split) -> torch.Tensor:
+        return predict(self.net, split.images, self.rt, self.cfg.test_alpha, self.cfg.eval_batch_size, self.cfg.num_workers)
+
     def evaluate(self, split: Split, targets) -> float:
-        scores = predict(self.net, split.images, self.rt, self.cfg.test_alpha, self.cfg.eval_batch_size, self.cfg.num_workers)
-        return split_map(scores, targets)
+        return split_map(self.predict(split), targets)
 
     # -- the protocol
+    def linear_init(self) -> None:
+        """Phase 1 of "+ LI" (`pamc.linear_init`), once, before the first end-to-end epoch."""
+        from .linear_init import LinearInit
+
+        phase = LinearInit.from_config(self.cfg.linear_init)
+        phase.run(self.model, self.loss_fn, self.store, self.bundle.train.images, self.bundle.val.images,
+                  self.val_targets, self.rt, alphas=(self.cfg.alpha, self.cfg.test_alpha), seed=self.cfg.seed,
+                  folder=self.out if self.main else None, progress=self.cfg.progress and self.main,
+                  batch_size=self.cfg.eval_batch_size, num_workers=self.cfg.num_workers)
+
     def fit(self) -> RunResult:
         cfg = self.cfg
+        if cfg.linear_init and not self.resumed:
+            self.linear_init()
         for epoch in range(self.epoch + 1, cfg.epochs + 1):
             stats = self.train_epoch(epoch)
             stats["label_edits"] += self.epoch_feedback(epoch)
@@ -408,8 +307,7 @@ class Run:
                       "stored_label_edits": self.store.num_edits()}
             self.history.append(record)
             if self.main:
-                with open(self.out / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(record) + "\n")
+                self.folder.append_metrics(record)
                 if cfg.progress:
                     tqdm.write(f"epoch {epoch}: loss {stats['train_loss']:.4f}  val mAP {val_map:.2f}"
                                f"  ({stats['train_images_per_s']:.0f} img/s){'  *' if is_best else ''}")
@@ -418,21 +316,32 @@ class Run:
         return self.finish()
 
     def finish(self) -> RunResult:
-        load_weights(self.model, self.out / "best" / MODEL_FILE)
+        load_weights(self.model, self.folder.best / MODEL_FILE)
         test = self.bundle.test
         test_targets = test.full if test.full is not None else test.observed
-        scores = predict(self.net, test.images, self.rt, self.cfg.test_alpha, self.cfg.eval_batch_size, self.cfg.num_workers)
         results = {"method": self.cfg.method, "train_alpha": self.cfg.alpha, "eval_alpha": self.cfg.test_alpha,
-                   "test_map": split_map(scores, test_targets), "val_map": self.best_map,
+                   "test_map": split_map(self.predict(test), test_targets), "val_map": self.best_map,
                    "best_epoch": self.best_epoch, "epochs": self.cfg.epochs, "seed": self.cfg.seed,
                    "dataset": self.bundle.name, "world_size": self.rt.dist.world_size,
                    "stored_label_edits": self.store.num_edits()}
         if self.main:
-            write_json(self.out / "results.json", results)
+            self.folder.write_results(results)
         return RunResult(self.out, results)
 
 
 def train(config: TrainConfig | dict, bundle: Optional[DatasetBundle] = None, resume: bool = False) -> RunResult:
-    """Train, select on validation, evaluate the best checkpoint on test.  See `TrainConfig`."""
-    cfg = config if isinstance(config, TrainConfig) else make_config({**TrainConfig().to_dict(), **config})
+    """Train, select on validation, evaluate the best checkpoint on test.  See `TrainConfig`.
+
+    resume=True continues the run in the config's `out` folder.  A mapping then overrides the
+    run's saved config.yaml (so `{"out": RUN, "epochs": 12}` resumes RUN with 12 epochs, exactly as
+    `pamc train --resume RUN --epochs 12`); a `TrainConfig` is taken as the complete settings.
+    """
+    if isinstance(config, TrainConfig):
+        cfg = config
+    elif resume:
+        if "out" not in config:
+            raise PamcError("say which run to resume: pass its folder as out")
+        cfg = resume_config(config["out"], {k: v for k, v in config.items() if k != "out"})
+    else:
+        cfg = make_config({**TrainConfig().to_dict(), **config})
     return Run(cfg, bundle, resume).fit()

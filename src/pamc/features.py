@@ -33,10 +33,9 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from .checkpoint import atomic_write
+from .files import atomic_write, cache_dir
 from .data.loading import image_batches
 from .errors import PamcError
-from .pretrain import cache_dir
 
 FEATURE_VERSION = 1
 FEATURE_DTYPE = np.float16

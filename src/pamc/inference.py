@@ -8,28 +8,25 @@ from typing import Optional, Sequence
 
 import torch
 
-from .checkpoint import load_model
-from .config import TrainConfig
-from .engine import Runtime, load_bundle, observe, predict, split_map
+from .checkpoint import CheckpointMeta, load_model, read_meta, resolve_checkpoint
+from .data import load_bundle
 from .errors import PamcError
-from .metrics import average_precision
+from .labels import observe
+from .metrics import average_precision, split_map
+from .runtime import Runtime, predict
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
-def runtime(device: str = "auto") -> Runtime:
-    return Runtime.from_config(TrainConfig(device=device))
-
-
-def checkpoint_data(meta: dict, data: Optional[dict] = None):
+def checkpoint_data(meta: Optional[CheckpointMeta], data: Optional[dict] = None):
     """The user's `data`, or the dataset recorded in the checkpoint (checked to be the same one)."""
     if data:
         return load_bundle(data)
-    if not meta.get("data"):
+    if meta is None or not meta.data:
         raise PamcError("say which data to use: --data name=prepared --data path=DIR (or a scenes spec)")
-    bundle = load_bundle(meta["data"])
-    if meta.get("dataset") and bundle.name != meta["dataset"]:
-        raise PamcError(f"the checkpoint was trained on {meta['dataset']!r}, but its recorded data settings give "
+    bundle = load_bundle(meta.data)
+    if meta.dataset and bundle.name != meta.dataset:
+        raise PamcError(f"the checkpoint was trained on {meta.dataset!r}, but its recorded data settings give "
                         f"{bundle.name!r} (it was trained on a dataset passed in Python); pass --data")
     return bundle
 
@@ -40,41 +37,42 @@ def load_split(split: str, data: Optional[dict] = None, checkpoint: Optional[str
     Where the split carries no observed labels, they are drawn with the checkpoint's observation
     protocol, so validation "with observed labels only" sees what training saw.
     """
-    if split not in ("train", "val", "test"):
-        raise PamcError(f"unknown split {split!r}; valid: train, val, test")
-    meta = {}
-    if checkpoint is not None:
-        from .checkpoint import read_meta, resolve_checkpoint
-
-        meta = read_meta(resolve_checkpoint(checkpoint))
+    check_split(split)
+    meta = read_meta(resolve_checkpoint(checkpoint)) if checkpoint is not None else None
     part = getattr(checkpoint_data(meta, data), split)
     if part.observed is None and part.full is not None:
-        part.observed = observe(part, meta.get("observation", "auto"), meta.get("observation_seed", 1200))
+        part.observed = observe(part.full, None, meta.observation if meta else "auto",
+                                meta.observation_seed if meta else 1200, what=f"the {split} split")
     return part
+
+
+def check_split(split: str) -> None:
+    if split not in ("train", "val", "test"):
+        raise PamcError(f"unknown split {split!r}; valid: train, val, test")
 
 
 def evaluate_checkpoint(checkpoint: str, split: str = "test", alphas: Optional[Sequence[float]] = None,
                         data: Optional[dict] = None, device: str = "auto", per_class_csv: Optional[str] = None,
-                        model=None, meta: Optional[dict] = None) -> dict:
+                        model=None, meta: Optional[CheckpointMeta] = None) -> dict:
     """mAP of a checkpoint on a split of its dataset (or `data`), for each evaluation alpha.
 
     Returns {"rows": [{"alpha": a, "map": m}, ...], "split": ..., "dataset": ...}; with
     `per_class_csv`, per-class AP for every alpha is written there.
     """
+    check_split(split)
     if model is None:
         model, meta = load_model(checkpoint)
-    rt = runtime(device)
+    rt = Runtime.create(device)
     model = model.to(rt.device)
-    if split not in ("train", "val", "test"):
-        raise PamcError(f"unknown split {split!r}; valid: train, val, test")
     bundle = checkpoint_data(meta, data)
     part = getattr(bundle, split)
     targets = part.full if part.full is not None else part.observed
     if targets is None:
         raise PamcError(f"the {split} split has no labels to evaluate against")
-    if bundle.num_classes != meta["num_classes"]:
-        raise PamcError(f"the checkpoint has {meta['num_classes']} classes, the data {bundle.num_classes}; evaluate on the data it was trained for")
-    alphas = list(alphas or [meta.get("eval_alpha", meta.get("alpha", 1.0))])
+    if bundle.num_classes != meta.num_classes:
+        raise PamcError(f"the checkpoint has {meta.num_classes} classes, the data {bundle.num_classes}; "
+                        "evaluate on the data it was trained for")
+    alphas = list(alphas or [meta.test_alpha])
     rows, per_class = [], {}
     for alpha in alphas:
         scores = predict(model, part.images, rt, alpha=alpha)
@@ -85,7 +83,7 @@ def evaluate_checkpoint(checkpoint: str, split: str = "test", alphas: Optional[S
         with open(per_class_csv, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["class"] + [f"ap_alpha_{a:g}" for a in per_class])
-            for c, name in enumerate(meta.get("class_names") or bundle.class_names):
+            for c, name in enumerate(meta.class_names or bundle.class_names):
                 w.writerow([name] + [f"{per_class[a][c]:.4f}" for a in per_class])
     return {"rows": rows, "split": split, "dataset": bundle.name}
 
@@ -113,13 +111,13 @@ def predict_images(checkpoint: str, inputs: Sequence[str], out_csv: Optional[str
     from .data.images import ImageFiles
 
     model, meta = load_model(checkpoint)
-    rt = runtime(device)
+    rt = Runtime.create(device)
     model = model.to(rt.device)
     paths = image_paths(inputs)
-    size = int(image_size or meta.get("image_size") or 448)
+    size = int(image_size or meta.image_size or 448)
     images = ImageFiles([str(p) for p in paths], root=".", size=size)  # paths are absolute or relative to the cwd
-    scores = predict(model, images, rt, alpha=meta.get("eval_alpha") if alpha is None else alpha)
-    names = list(meta.get("class_names") or [f"class_{c}" for c in range(meta["num_classes"])])
+    scores = predict(model, images, rt, alpha=meta.test_alpha if alpha is None else alpha)
+    names = list(meta.class_names or [f"class_{c}" for c in range(meta.num_classes)])
     if out_csv:
         with open(out_csv, "w", newline="") as f:
             w = csv.writer(f)

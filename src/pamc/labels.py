@@ -3,9 +3,21 @@
 Encoding (everywhere in pamc): observed labels are floats, 1 = observed positive,
 0 = unobserved, -1 = observed negative; values in (-1, 0) are soft negatives written by
 EM-APL (-q means "negative with target probability q").  Full labels are 0/1.
+
+Observation: one vocabulary for training (`observation:`) and `pamc prepare --observation`:
+
+* ``as-given``        the labels the data carries: its observed (partial) labels where it has
+                      them, else every full label observed (1 / -1);
+* ``full``            every full label observed (1 / -1);
+* ``single-positive`` one positive per image, the reference procedure (`single_positive`);
+* ``fraction:P``      each label kept with probability 0 < P <= 1 (`observe_fraction`);
+* ``auto``            the dataset's default where one is known (`pamc prepare`: single-positive
+                      for the benchmarks, as-given for OpenImages and own data), else as-given
+                      when the data carries observed labels and single-positive when it does not.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -65,6 +77,66 @@ def observe_fraction(full_labels, fraction: float, seed: int = 1200) -> np.ndarr
     full = check_full_labels(full_labels)
     keep = np.random.RandomState(seed).random_sample(full.shape) < fraction
     return np.where(keep, np.where(full == 1, 1.0, -1.0), 0.0).astype(np.float32)
+
+
+OBSERVATIONS = ("auto", "as-given", "full", "single-positive", "fraction:P")
+
+
+@dataclass(frozen=True)
+class Observation:
+    """A parsed observation setting (see the module doc); `str()` gives it back as written."""
+
+    mode: str
+    fraction: Optional[float] = None
+
+    @classmethod
+    def parse(cls, text) -> "Observation":
+        if isinstance(text, Observation):
+            return text
+        if text in OBSERVATIONS[:4]:
+            return cls(text)
+        if isinstance(text, str) and text.startswith("fraction:"):
+            try:
+                fraction = float(text.split(":", 1)[1])
+            except ValueError:
+                fraction = -1.0
+            if 0.0 < fraction <= 1.0:
+                return cls("fraction", fraction)
+        raise PamcError(f"observation must be one of {', '.join(OBSERVATIONS)} with 0 < P <= 1 (got {text!r})")
+
+    def __str__(self) -> str:
+        return f"fraction:{self.fraction:g}" if self.mode == "fraction" else self.mode
+
+    def resolve(self, has_observed: bool, default: Optional[str] = None) -> "Observation":
+        """`auto` made concrete for data that does (not) carry observed labels."""
+        if self.mode != "auto":
+            return self
+        return Observation.parse(default) if default else Observation("as-given" if has_observed else "single-positive")
+
+    def apply(self, full, observed, seed: int = 1200, what: str = "the data", default: Optional[str] = None):
+        """The observed labels (dense 1/0/-1, or the data's own sparse store) of one label set."""
+        mode = self.resolve(observed is not None, default)
+        if mode.mode == "as-given" and observed is not None:
+            return observed
+        if full is None:
+            raise PamcError(f"{what} has only partial labels, so no {mode} observation can be drawn; "
+                            "use observation='as-given'")
+        if mode.mode in ("as-given", "full"):
+            return np.where(check_full_labels(full) == 1, 1.0, -1.0).astype(np.float32)
+        if mode.mode == "single-positive":
+            return single_positive(full, seed=seed)
+        return observe_fraction(full, mode.fraction, seed=seed)
+
+
+def observe(full, observed, observation="auto", seed: int = 1200, what: str = "the data",
+            default: Optional[str] = None):
+    """The observed labels of a label set (full 0/1 and/or observed) under `observation`."""
+    return Observation.parse(observation).apply(full, observed, seed, what, default)
+
+
+def label_store(labels):
+    """Dense matrices go into a LabelStore; sparse stores (huge label sets) are used as they are."""
+    return labels if hasattr(labels, "batch") else LabelStore(labels)
 
 
 class LabelStore:

@@ -5,8 +5,9 @@ extracted once (`pamc.features`, cached on disk and shared by every run with the
 and images), for `epochs` epochs of Adam at `lr` with mini-batches of `batch_size`, using the
 run's own loss and observed labels (epochs numbered 1..E for the loss's schedule).  The epoch with
 the best validation mAP (strictly greater, selection labels as the run's `selection`) gives the
-head that phase 2, the run's usual end-to-end training, starts from; the engine builds its
-optimiser after this, so phase 2 begins with fresh Adam state.
+head that phase 2, the run's usual end-to-end training, starts from.  It is a phase of the run
+(`engine.Run.fit` calls `LinearInit.run` before the first epoch) with its own optimiser, so phase
+2 begins with fresh Adam state; it receives what it works on as arguments and touches nothing else.
 
 Pooled or spatial features.  By default the head is trained on globally pooled features, as the
 reference's linear layer: a 1x1 conv followed by the average equals a linear layer on the
@@ -31,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -38,17 +40,31 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from .checkpoint import atomic_write, write_json
 from .errors import PamcError
 from .features import extract_features
+from .files import atomic_write, write_json
+from .metrics import split_map
 
 RESULT_JSON = "linear_init.json"
 RESULT_WEIGHTS = "linear_init.safetensors"
 
 
+@dataclass
+class _Phase:
+    """What phase 1 works on (handed over by the run; nothing else is reached into)."""
+
+    model: torch.nn.Module
+    loss_fn: torch.nn.Module
+    store: object
+    val_targets: object
+    rt: object
+    eval_batch_size: int
+
+
 @dataclass(frozen=True)
-class LinearInitSettings:
-    """`linear_init` of the run config; defaults are ROLE's phase 1 (Cole et al.)."""
+class LinearInit:
+    """The "+ LI" phase, with the `linear_init` settings of the run config; defaults are ROLE's
+    phase 1 (Cole et al.)."""
 
     epochs: int = 25
     lr: float = 1e-3
@@ -57,7 +73,7 @@ class LinearInitSettings:
     cache: Optional[str] = None  # feature cache folder (default $PAMC_CACHE/features)
 
     @classmethod
-    def from_config(cls, values) -> "LinearInitSettings":
+    def from_config(cls, values) -> "LinearInit":
         """From a mapping of settings, or `true` for the defaults."""
         if values is True:
             return cls()
@@ -83,98 +99,102 @@ class LinearInitSettings:
             raise PamcError(f"linear_init spatial must be true or false (got {settings.spatial!r})")
         return dataclasses.replace(settings, lr=lr)
 
+    def run(self, model, loss_fn, store, train_images, val_images, val_targets, rt, alphas: tuple[float, float],
+            seed: int, folder: Optional[Path], progress: bool = False, batch_size: int = 128,
+            num_workers: int = 0) -> dict:
+        """Train `model.head` (and the loss's own parameters) on frozen features; leave the best
+        head in `model`, the loss started from its best estimates, and `store` as it was.
 
-def _features(run, settings: LinearInitSettings) -> tuple[np.ndarray, np.ndarray]:
-    """Train and val features; process 0 extracts them, the others then read its cache."""
-    def extract():
-        return tuple(extract_features(run.model.backbone, split.images, run.rt, settings.cache, settings.spatial,
-                                      run.cfg.eval_batch_size, run.cfg.num_workers)
-                     for split in (run.bundle.train, run.bundle.val))
+        alphas = (training, evaluation) BoostLU of the run (used only with spatial features);
+        `folder` receives linear_init.json / .safetensors (None on processes other than the first).
+        Returns the summary that is also written to linear_init.json.
+        """
+        train_alpha, eval_alpha = alphas if self.spatial else (1.0, 1.0)
+        train_feats, val_feats = self._features(model.backbone, train_images, val_images, rt, folder is not None,
+                                                batch_size, num_workers)
+        phase = _Phase(model, loss_fn, store, val_targets, rt, batch_size)
+        head = model.head
+        own = [p for p in loss_fn.parameters() if p.requires_grad]
+        groups = [{"params": list(head.parameters()), "lr": self.lr}]
+        if own:
+            groups.append({"params": own, "lr": self.lr * loss_fn.param_lr_mult})
+        optimizer = torch.optim.Adam(groups)
+        generator = torch.Generator().manual_seed(seed)
+        labels = store.state_dict()
+        history, best_map, best_epoch, best_head, best_estimates = [], -math.inf, 0, None, None
+        try:
+            for epoch in range(1, self.epochs + 1):
+                train_loss, edits = _train_epoch(phase, train_feats, epoch, self.batch_size, optimizer, generator,
+                                                 train_alpha)
+                val_map = _val_map(phase, val_feats, eval_alpha)
+                is_best = val_map > best_map  # strictly greater, as the engine's selection
+                if is_best:
+                    best_map, best_epoch = val_map, epoch
+                    best_head = {k: v.detach().clone() for k, v in head.state_dict().items()}
+                    best_estimates = loss_fn.estimates().clone() if hasattr(loss_fn, "estimates") else None
+                history.append({"epoch": epoch, "train_loss": train_loss, "val_map": val_map, "label_edits": edits})
+                if progress:
+                    tqdm.write(f"linear init {epoch}/{self.epochs}: loss {train_loss:.4f}  val mAP {val_map:.2f}"
+                               f"{'  *' if is_best else ''}")
+        finally:
+            store.load_state_dict(labels)
+        head.load_state_dict(best_head)
+        if best_estimates is not None:
+            loss_fn.init_from_estimates(best_estimates)
+        summary = {**dataclasses.asdict(self), "train_alpha": train_alpha, "eval_alpha": eval_alpha,
+                   "best_epoch": best_epoch, "best_val_map": best_map,
+                   "features": {"train": str(train_feats.filename), "val": str(val_feats.filename)}, "history": history}
+        if folder is not None:
+            tensors = {f"head.{k}": v.cpu().contiguous() for k, v in best_head.items()}
+            if best_estimates is not None:
+                tensors["estimates"] = best_estimates.cpu().contiguous()
+            atomic_write(Path(folder) / RESULT_WEIGHTS, lambda tmp: save_file(tensors, tmp))
+            write_json(Path(folder) / RESULT_JSON, summary)
+        return summary
 
-    first = extract() if run.main else None
-    run.rt.dist.barrier()
-    return first if run.main else extract()
+    def _features(self, backbone, train_images, val_images, rt, first: bool, batch_size: int,
+                  num_workers: int) -> tuple[np.ndarray, np.ndarray]:
+        """Train and val features; the first process extracts them, the others then read its cache."""
+        def extract():
+            return tuple(extract_features(backbone, images, rt, self.cache, self.spatial, batch_size, num_workers)
+                         for images in (train_images, val_images))
+
+        done = extract() if first else None
+        rt.dist.barrier()
+        return done if first else extract()
 
 
-def _logits(run, rows: np.ndarray, alpha: float) -> torch.Tensor:
+def _logits(phase: _Phase, rows: np.ndarray, alpha: float) -> torch.Tensor:
     """Head logits for feature rows: pooled rows act as 1 x 1 maps, so one code path serves both."""
-    x = torch.from_numpy(np.asarray(rows, dtype=np.float32)).to(run.rt.device)
+    x = torch.from_numpy(np.asarray(rows, dtype=np.float32)).to(phase.rt.device)
     maps = x[:, :, None, None] if x.ndim == 2 else x
-    return run.model.logits_from_cams(run.model.head(maps), alpha)
+    return phase.model.logits_from_cams(phase.model.head(maps), alpha)
 
 
 @torch.no_grad()
-def _val_map(run, feats: np.ndarray, alpha: float) -> float:
-    from .engine import split_map
-
-    scores = [torch.sigmoid(_logits(run, feats[i:i + run.cfg.eval_batch_size], alpha)).cpu()
-              for i in range(0, len(feats), run.cfg.eval_batch_size)]
-    return split_map(torch.cat(scores), run.val_targets)
+def _val_map(phase: _Phase, feats: np.ndarray, alpha: float) -> float:
+    step = phase.eval_batch_size
+    scores = [torch.sigmoid(_logits(phase, feats[i:i + step], alpha)).cpu() for i in range(0, len(feats), step)]
+    return split_map(torch.cat(scores), phase.val_targets)
 
 
-def _train_epoch(run, feats: np.ndarray, epoch: int, settings: LinearInitSettings, optimizer,
+def _train_epoch(phase: _Phase, feats: np.ndarray, epoch: int, batch_size: int, optimizer,
                  generator: torch.Generator, alpha: float) -> tuple[float, int]:
-    """One phase-1 epoch over the training features; (mean loss, label edits)."""
-    total, edits = torch.zeros((), device=run.rt.device), 0
-    for index in torch.split(torch.randperm(len(feats), generator=generator), settings.batch_size):
+    """One phase-1 epoch over the training features; (mean loss, label edits).  Every process
+    trains on all the features, so the loss gathers nothing (its default identity gather)."""
+    total, edits = torch.zeros((), device=phase.rt.device), 0
+    for index in torch.split(torch.randperm(len(feats), generator=generator), batch_size):
         index = index.sort().values  # sorted reads are sequential on the memory map
-        observed = run.store.batch(index).to(run.rt.device)
-        loss = run.loss_fn(_logits(run, feats[index.numpy()], alpha), observed, epoch=epoch, index=index.to(run.rt.device))
+        observed = phase.store.batch(index).to(phase.rt.device)
+        loss = phase.loss_fn(_logits(phase, feats[index.numpy()], alpha), observed, epoch=epoch,
+                             index=index.to(phase.rt.device))
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if run.loss_fn.label_updates is not None:
-            edits += run.store.apply(index, *run.loss_fn.label_updates)
+        if phase.loss_fn.label_updates is not None:
+            edits += phase.store.apply(index, *phase.loss_fn.label_updates)
         total += loss.detach() * len(index)
     mean = float(total) / len(feats)
     if not math.isfinite(mean):
         raise PamcError(f"the linear-init loss became {mean} in phase-1 epoch {epoch}; lower linear_init.lr")
     return mean, edits
-
-
-def apply_linear_init(run) -> dict:
-    """Phase 1 of "+ LI" on a freshly built `engine.Run` (see the module doc); returns the summary
-    that is also written to ``linear_init.json``."""
-    cfg = run.cfg
-    settings = LinearInitSettings.from_config(cfg.linear_init)
-    train_alpha, eval_alpha = (cfg.alpha, cfg.test_alpha) if settings.spatial else (1.0, 1.0)
-    train_feats, val_feats = _features(run, settings)
-    loss_fn, head = run.loss_fn, run.model.head
-    own = [p for p in loss_fn.parameters() if p.requires_grad]
-    groups = [{"params": list(head.parameters()), "lr": settings.lr}]
-    if own:
-        groups.append({"params": own, "lr": settings.lr * loss_fn.param_lr_mult})
-    optimizer = torch.optim.Adam(groups)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    labels, gather = run.store.state_dict(), loss_fn.all_gather
-    loss_fn.all_gather = lambda x: x  # every process sees the whole batch here: no gathering
-    history, best_map, best_epoch, best_head, best_estimates = [], -math.inf, 0, None, None
-    try:
-        for epoch in range(1, settings.epochs + 1):
-            train_loss, edits = _train_epoch(run, train_feats, epoch, settings, optimizer, generator, train_alpha)
-            val_map = _val_map(run, val_feats, eval_alpha)
-            is_best = val_map > best_map  # strictly greater, as the engine's selection
-            if is_best:
-                best_map, best_epoch = val_map, epoch
-                best_head = {k: v.detach().clone() for k, v in head.state_dict().items()}
-                best_estimates = loss_fn.estimates().clone() if hasattr(loss_fn, "estimates") else None
-            history.append({"epoch": epoch, "train_loss": train_loss, "val_map": val_map, "label_edits": edits})
-            if run.main and cfg.progress:
-                tqdm.write(f"linear init {epoch}/{settings.epochs}: loss {train_loss:.4f}  val mAP {val_map:.2f}"
-                           f"{'  *' if is_best else ''}")
-    finally:
-        loss_fn.all_gather = gather
-        run.store.load_state_dict(labels)
-    head.load_state_dict(best_head)
-    if best_estimates is not None:
-        loss_fn.init_from_estimates(best_estimates)
-    summary = {**dataclasses.asdict(settings), "train_alpha": train_alpha, "eval_alpha": eval_alpha,
-               "best_epoch": best_epoch, "best_val_map": best_map,
-               "features": {"train": str(train_feats.filename), "val": str(val_feats.filename)}, "history": history}
-    if run.main:
-        tensors = {f"head.{k}": v.cpu().contiguous() for k, v in best_head.items()}
-        if best_estimates is not None:
-            tensors["estimates"] = best_estimates.cpu().contiguous()
-        atomic_write(run.out / RESULT_WEIGHTS, lambda tmp: save_file(tensors, tmp))
-        write_json(run.out / RESULT_JSON, summary)
-    return summary

@@ -82,6 +82,17 @@ def group_mean_average_precision(scores, labels, train_frequency, groups: int = 
     return result
 
 
+def split_map(scores, targets) -> float:
+    """mAP of a split: full 0/1 labels, or partially annotated 1/0/-1 labels (AP over annotated
+    entries), dense or a sparse label store."""
+    if hasattr(targets, "batch"):
+        targets = targets.batch(torch.arange(len(targets)))
+    targets = np.asarray(targets)
+    if (targets < 0).any():
+        return partial_mean_average_precision(scores, targets)
+    return mean_average_precision(scores, targets)
+
+
 def _per_class_ap(scores, labels, partial: bool) -> np.ndarray:
     """Shared driver: validate, then read the inputs one block of classes at a time."""
     kind = "labels" if partial else "targets"

@@ -21,9 +21,10 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .boostlu import check_alpha
+from .activation import check_alpha
 from .errors import PamcError
-from .models import CamClassifier, load_state_dict_file
+from .models import CamClassifier
+from .models.weights import read_state_dict
 
 PASS_THROUGH = (nn.Dropout, nn.Flatten, nn.Identity)
 
@@ -130,7 +131,7 @@ def boost_torchvision_file(arch: str, weights_file: str | Path, alpha: float, nu
     valid = torchvision.models.list_models(module=torchvision.models)
     if arch not in valid:
         raise PamcError(f"unknown torchvision classifier {arch!r}; valid: {', '.join(valid)}")
-    state = load_state_dict_file(weights_file)
+    state = read_state_dict(weights_file)
     extra = {} if num_classes is None else {"num_classes": int(num_classes)}
     model = torchvision.models.get_model(arch, weights=None, **extra)
     _, fc = split_classifier(model)

@@ -9,22 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from .checkpoint import atomic_write, model_state
+from .checkpoint import model_state
+from .files import atomic_write, cache_dir
 from .data.transforms import flip_where, normalize_uint8
 from .models import build_backbone
 
 PRETRAIN_VERSION = 1
-
-
-def cache_dir(explicit: str | None = None) -> Path:
-    return Path(explicit or os.environ.get("PAMC_CACHE") or Path.home() / ".cache" / "pamc")
 
 
 def pretrained_scene_backbone(source: str = "digits", canvas: int = 64, object_scale=(16, 28),

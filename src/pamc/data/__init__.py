@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..registry import Registry
+from ..errors import PamcError
+from ..registry import Registry, check_keywords
 
 #: name -> function(**params) -> DatasetBundle
 DATASETS: Registry = Registry("dataset")
@@ -66,6 +67,17 @@ class DatasetBundle:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+
+def load_bundle(data: dict) -> DatasetBundle:
+    """The dataset factory: `{name: scenes, source: digits, ...}` -> a `DatasetBundle`."""
+    if not isinstance(data, dict) or "name" not in data:
+        raise PamcError("data must be a mapping with a 'name' (e.g. {name: scenes, source: digits})")
+    params = dict(data)
+    name = params.pop("name")
+    loader = DATASETS.get(name)
+    check_keywords(loader, params, f"dataset {name!r}", "setting")
+    return loader(**params)
 
 
 from . import scenes  # noqa: E402,F401  (registers "scenes")

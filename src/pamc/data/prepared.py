@@ -35,7 +35,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ..errors import PamcError
-from ..labels import observe_fraction, single_positive
+from ..labels import Observation
 from ..sparse_labels import SparseLabels
 from . import DATASETS, DatasetBundle, Split
 from .images import ON_ERROR, CachedImages, ImageFiles, build_image_cache, open_cache
@@ -44,7 +44,6 @@ from .sources.base import Labels, few
 
 FORMAT, VERSION = "pamc-prepared", 1
 SPLITS = ("train", "val", "test")
-OBSERVATIONS = ("single-positive", "as-given", "fraction:P")
 MISSING = ("fail", "drop")
 OWN_FILES = ("meta.json", "classes.txt", "images_*.txt", "full_*.npy", "observed_*.npy", "observed_*.npz",
              "missing_images.txt", "skipped_*.txt")
@@ -56,20 +55,6 @@ def split_indices(num: int, val_fraction: float, seed: int) -> tuple[np.ndarray,
     n_val = int(np.round(val_fraction * num))
     perm = np.random.RandomState(seed).permutation(num)
     return np.sort(perm[:num - n_val]), np.sort(perm[num - n_val:])
-
-
-def parse_observation(observation: Optional[str]) -> tuple[Optional[str], Optional[float]]:
-    """("single-positive" | "as-given" | "fraction", P) from the user's string; None = dataset default."""
-    if observation is None or observation in ("single-positive", "as-given"):
-        return observation, None
-    if isinstance(observation, str) and observation.startswith("fraction:"):
-        try:
-            fraction = float(observation.split(":", 1)[1])
-        except ValueError:
-            fraction = -1.0
-        if 0.0 < fraction <= 1.0:
-            return "fraction", fraction
-    raise PamcError(f"observation must be one of {', '.join(OBSERVATIONS)} with 0 < P <= 1 (got {observation!r})")
 
 
 def _rows(labels: Optional[Labels], index: np.ndarray) -> Optional[Labels]:
@@ -84,19 +69,6 @@ def _row_positives(observed: Labels) -> np.ndarray:
 
 def _take(split: SourceSplit, index: np.ndarray, observed: Optional[Labels]) -> SourceSplit:
     return SourceSplit([split.paths[i] for i in index], full=_rows(split.full, index), observed=_rows(observed, index))
-
-
-def _observe(source: SourceData, mode: str, fraction: Optional[float], seed: int) -> Labels:
-    """Observed labels of the whole official train file (spec 1.3: drawn per file, before the split)."""
-    train = source.train
-    if mode == "as-given":
-        return train.observed if train.full is None else train.full.astype(np.float32) * 2 - 1
-    if train.full is None:
-        raise PamcError(f"{source.name} has only partial labels, so no {mode} observation can be drawn; "
-                        "use observation='as-given'")
-    if mode == "single-positive":
-        return single_positive(train.full, seed=seed)
-    return observe_fraction(train.full, fraction, seed=seed)
 
 
 def _given(split: SourceSplit) -> Optional[Labels]:
@@ -167,18 +139,18 @@ def _write_split(out: Path, name: str, split: SourceSplit) -> dict:
 
 
 def prepare(dataset: str, root: str | Path, out: str | Path, seed: int = 1200, val_fraction: float = 0.2,
-            observation: Optional[str] = None, overwrite: bool = False, missing: str = "fail",
+            observation: str = "auto", overwrite: bool = False, missing: str = "fail",
             **options: Any) -> dict:
     """Read `dataset` from `root` and write it to `out` in pamc's format; returns a summary.
 
-    observation: "single-positive" (the benchmarks' default), "as-given" (the labels as the dataset
-    gives them: full labels as 1/-1, partial ones as they are; the default for openimages and own
-    data) or "fraction:P" (each label kept with probability P).  missing: "fail" on image files that
+    observation: drawn once on the whole official train file (spec 1.3), in the vocabulary of
+    `pamc.labels` ("auto" = the dataset's default: single-positive for the benchmarks, as-given
+    -- partial labels as they are, complete ones as 1/-1 -- for openimages and own data).  missing: "fail" on image files that
     are not there, or "drop" them after the observation and split were drawn (so the other images
     keep the reference labels), listed in missing_images.txt.  options go to the reader (own data:
     labels=, test_labels=; nuswide: variant=).
     """
-    mode, fraction = parse_observation(observation)
+    observation = Observation.parse(observation)
     if not 0.0 < val_fraction < 1.0:
         raise PamcError(f"val_fraction must lie strictly between 0 and 1 (got {val_fraction})")
     if missing not in MISSING:
@@ -186,8 +158,8 @@ def prepare(dataset: str, root: str | Path, out: str | Path, seed: int = 1200, v
     out = Path(out)
     _check_out(out, overwrite)
     source = read_source(dataset, root, **options)
-    mode = mode or DATASET_INFO[source.name]["observation"]
-    observed = _observe(source, mode, fraction, seed)
+    observation = observation.resolve(source.train.observed is not None, DATASET_INFO[source.name]["observation"])
+    observed = observation.apply(source.train.full, source.train.observed, seed, what=source.name)
     splits, origin = _make_splits(source, observed, val_fraction, seed)
 
     absent = find_missing(source.image_root, [p for s in splits.values() for p in s.paths])
@@ -218,7 +190,7 @@ def prepare(dataset: str, root: str | Path, out: str | Path, seed: int = 1200, v
         "source_root": str(Path(root).resolve()), "image_root": str(source.image_root.resolve()),
         "num_classes": len(source.class_names),
         "protocol": {"seed": seed, "val_fraction": val_fraction,
-                     "observation": mode if fraction is None else f"fraction:{fraction:g}",
+                     "observation": str(observation),
                      "observed_from": "the whole official train file, before the split", **origin},
         "official": {name: len(s) for name, s in source.splits().items()},
         "splits": counts, "missing_images": len(absent), "notes": notes,
@@ -302,7 +274,8 @@ def load_prepared(path: str | Path, image_size: int = 448, cache: Optional[str |
             paths, full, observed = [paths[i] for i in kept], _rows(full, kept), _rows(observed, kept)
         splits[name] = Split(images=images, full=full, observed=observed, names=paths)
     return DatasetBundle(name=meta["dataset"], class_names=class_names, **splits,
-                         info={**meta, "prepared": str(path), "skipped": skipped})
+                         info={**meta, "prepared": str(path), "skipped": skipped,
+                               "expected_positives": DATASET_INFO.get(meta["dataset"], {}).get("expected_positives")})
 
 
 DATASETS.register("prepared")(load_prepared)

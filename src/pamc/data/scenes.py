@@ -19,8 +19,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +32,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from ..errors import PamcError
+from ..files import atomic_write, cache_dir
 from . import DATASETS, ArrayImages, DatasetBundle, Split
 
 #: bump when the generator's output for the same parameters changes (invalidates caches)
@@ -310,11 +309,9 @@ def pretraining_objects(bank: ObjectBank, canvas: int, object_scale: Scale, n: i
 
 # ----------------------------------------------------------------------------- scenes + cache
 
-def _cache_root(cache_dir) -> Path:
-    """The argument, else $PAMC_CACHE/scenes, else ~/.cache/pamc/scenes."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    return Path(os.environ.get("PAMC_CACHE") or Path.home() / ".cache" / "pamc").expanduser() / "scenes"
+def _cache_root(explicit) -> Path:
+    """The argument, else the scenes folder of pamc's cache."""
+    return Path(explicit).expanduser() if explicit is not None else cache_dir() / "scenes"
 
 
 def _load_cached(path: Path):
@@ -329,17 +326,12 @@ def _load_cached(path: Path):
 
 
 def _save_atomic(path: Path, arrays: dict) -> None:
-    """Write tmp then os.replace, so a reader (or a concurrent rank) never sees a half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
+    """A reader (or a concurrent rank) never sees a half file."""
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
             np.savez_compressed(fh, **arrays)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache is plain public data
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write)
 
 
 def _generate(source: str, params: dict) -> dict:
@@ -400,7 +392,9 @@ def make_scenes(source: str = "digits", canvas: int = 64, max_objects: int = 4, 
         arrays = _generate(source, params)
         _save_atomic(path, arrays)
         data = {**arrays, "info": json.loads(str(arrays["info"]))}
-    info = {**data["info"], "cache_file": str(path)}
+    # the true mean number of classes per training scene: the k of EPR / ROLE for these scenes
+    expected = round(float(data["train_full"].sum(1).mean()), 3) if len(data["train_full"]) else None
+    info = {**data["info"], "cache_file": str(path), "expected_positives": expected}
     return DatasetBundle(name=f"scenes-{info['bank']}", class_names=[str(c) for c in data["class_names"]],
                          train=_split(data, "train"), val=_split(data, "val"), test=_split(data, "test"), info=info)
 

@@ -14,8 +14,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from ..boostlu import check_alpha
-from ..checkpoint import MODEL_META, load_model, read_meta, resolve_checkpoint, write_json
+from ..activation import check_alpha
+from ..checkpoint import load_model, read_meta, resolve_checkpoint, write_meta
 from ..errors import PamcError
 from ..labels import check_full_labels, check_observed
 from ..metrics import mean_average_precision
@@ -90,9 +90,8 @@ def store_eval_alpha(checkpoint_folder: str | Path, alpha: float) -> Path:
     """Record `alpha` as the checkpoint's `eval_alpha` (a run folder means its best/ checkpoint)."""
     folder = resolve_checkpoint(checkpoint_folder)
     meta = read_meta(folder)
-    meta["eval_alpha"] = check_alpha(alpha)
-    write_json(folder / MODEL_META, meta)
-    return folder / MODEL_META
+    meta.eval_alpha = check_alpha(alpha)
+    return write_meta(folder, meta)
 
 
 def tune_alpha_command(checkpoint: str | Path, data, out_dir: str | Path, alphas: Sequence[float] = DEFAULT_ALPHAS,
@@ -109,7 +108,7 @@ def tune_alpha_command(checkpoint: str | Path, data, out_dir: str | Path, alphas
         if targets is None:
             raise PamcError(f"the split has no {'full' if mode == 'full' else 'observed'} labels; "
                             f"use mode {'observed' if mode == 'full' else 'full'} or another split")
-    result = tune_alpha(model, images, targets, alphas, mode, batch_size, image_size or meta.get("image_size"), out_dir)
+    result = tune_alpha(model, images, targets, alphas, mode, batch_size, image_size or meta.image_size, out_dir)
     if store:
         result["stored_in"] = str(store_eval_alpha(checkpoint, result["best_alpha"]))
     return result

@@ -14,11 +14,12 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
-from ..boostlu import boostlu
+from ..activation import boostlu
 from ..data.loading import image_batches
 from ..data.transforms import normalize_uint8
 from ..errors import PamcError
 from ..models import eval_mode
+from ..runtime import Runtime
 
 
 def as_size(size: int | Sequence[int] | None) -> Optional[tuple[int, int]]:
@@ -90,16 +91,9 @@ def model_input(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     return x.float()
 
 
-def eval_alpha(meta: dict, model) -> float:
-    """The alpha a checkpoint is evaluated with: the tuned `eval_alpha` if stored, else training's."""
-    return float(meta.get("eval_alpha", model.alpha))
-
-
 def resolve_device(device: str) -> torch.device:
     """A device name as the CLI takes it ("auto" = CUDA if visible, else CPU)."""
-    from ..inference import runtime
-
-    return runtime(device).device
+    return Runtime.create(device).device
 
 
 def model_device(model: torch.nn.Module) -> torch.device:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Subset
 
-from ..boostlu import boostlu
+from ..activation import boostlu
 from ..checkpoint import load_model, resolve_checkpoint
 from ..errors import PamcError
 from ..labels import check_full_labels
@@ -208,11 +208,11 @@ def compare_explanations(checkpoints: Sequence[str | Path], data, out_dir: str |
     device = resolve_device(device)
     models = [load_model(c, device) for c in checkpoints]
     ref_model, ref_meta = models[0]
-    class_names = [str(n) for n in ref_meta.get("class_names") or range(ref_model.num_classes)]
+    class_names = [str(n) for n in ref_meta.class_names or range(ref_model.num_classes)]
     for (model, meta), name in zip(models[1:], names[1:]):
-        if model.num_classes != ref_model.num_classes or (meta.get("class_names") or class_names) != class_names:
+        if model.num_classes != ref_model.num_classes or (meta.class_names or class_names) != class_names:
             raise PamcError(f"{name} has other classes than the reference {names[0]}; compare models of one dataset")
-    size = as_size(image_size or ref_meta.get("image_size"))
+    size = as_size(image_size or ref_meta.image_size)
     images, full, boxes, canvas = gather_images(data, max_images, size, batch_size)
     if full.shape[1] != ref_model.num_classes:
         raise PamcError(f"the labels have {full.shape[1]} classes but the models have {ref_model.num_classes}")

@@ -8,11 +8,11 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..boostlu import boostlu
+from ..activation import boostlu
 from ..checkpoint import load_model
 from ..data.images import decode
 from ..errors import PamcError
-from .cams import as_size, cams, eval_alpha, resize_batch, resolve_classes, resolve_device, upsample
+from .cams import as_size, cams, resize_batch, resolve_classes, resolve_device, upsample
 from .figures import overlay_figure
 
 
@@ -81,14 +81,14 @@ def explain_command(checkpoint: str | Path, images, out: str | Path, top_k: int 
     Writes the PNGs and `scores.csv`; returns the written paths.
     """
     model, meta = load_model(checkpoint, resolve_device(device))
-    class_names = [str(n) for n in meta.get("class_names") or range(model.num_classes)]
-    alpha = eval_alpha(meta, model) if alpha is None else float(alpha)
+    class_names = [str(n) for n in meta.class_names or range(model.num_classes)]
+    alpha = meta.test_alpha if alpha is None else float(alpha)
     if int(top_k) < 1 and classes is None:
         raise PamcError(f"top_k must be >= 1 (got {top_k})")
     picked = None if classes is None else resolve_classes(classes, class_names, model.num_classes)
     from ..inference import image_paths
 
-    size = as_size(image_size or meta.get("image_size"))
+    size = as_size(image_size or meta.image_size)
     if hasattr(images, "images"):  # a dataset split
         count = min(int(max_images), len(images))
         files = [Path(str(n)) for n in (images.names or [f"image{i:05d}" for i in range(len(images))])[:count]]

@@ -29,12 +29,14 @@ class PartialLabelLoss(nn.Module):
         super().__init__()
         self.last_selected: Optional[torch.Tensor] = None
         self.label_updates: Optional[tuple[torch.Tensor, torch.Tensor]] = None
-        # Concatenates a tensor over every training process (identity in one process); the
-        # engine replaces it under DDP so batch-level statistics use the global batch.
-        self.all_gather: Callable[[torch.Tensor], torch.Tensor] = _identity_gather
+        self.gather: Callable[[torch.Tensor], torch.Tensor] = _identity_gather
 
     def forward(self, logits: torch.Tensor, observed: torch.Tensor, epoch: int = 1,
-                index: Optional[torch.Tensor] = None) -> torch.Tensor:
+                index: Optional[torch.Tensor] = None,
+                gather: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
+        """`gather` concatenates a tensor over every training process (the engine passes
+        `Dist.all_gather_cat` under DDP, so batch-level statistics use the global batch); it is
+        `self.gather` during this call, the identity when not given."""
         observed = observed.to(device=logits.device, dtype=torch.float32)
         logits = logits.float()
         if observed.shape != logits.shape:
@@ -43,6 +45,7 @@ class PartialLabelLoss(nn.Module):
             raise PamcError(f"labels of shape {tuple(observed.shape)} do not match logits {tuple(logits.shape)}")
         self.last_selected = torch.zeros_like(observed, dtype=torch.bool)
         self.label_updates = None
+        self.gather = gather or _identity_gather
         return self.compute(logits, observed, int(epoch), index)
 
     def compute(self, logits: torch.Tensor, observed: torch.Tensor, epoch: int,
@@ -56,13 +59,6 @@ class PartialLabelLoss(nn.Module):
         `predict()` returns the current probabilities for every training image (N x C).
         """
         return None
-
-    def extra_state(self) -> dict[str, torch.Tensor]:
-        """Tensors (besides parameters) a checkpoint must keep for an exact resume."""
-        return {}
-
-    def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
-        pass
 
 
 def positive_part(observed: torch.Tensor) -> torch.Tensor:

@@ -2,9 +2,10 @@
 
 Both ignore the unobserved labels in the main term and instead pull the batch's mean number of
 predicted positives per image towards k, the known mean number of positives of the dataset
-(spec 3: VOC 1.5, COCO 2.9, NUS-WIDE 1.9, CUB 31.4; not estimated, as in the reference).
+(not estimated, as in the reference).  The engine passes the dataset's k where it has one
+(`DatasetBundle.info["expected_positives"]`, from `data.sources.DATASET_INFO` for the benchmarks).
 
-Under DDP the batch mean uses the global batch through ``self.all_gather``; for the regulariser's
+Under DDP the batch mean uses the global batch through ``self.gather`` (the `gather` the engine passes with each call); for the regulariser's
 gradient to reach every process that function must be autograd-aware
 (``torch.distributed.nn.functional.all_gather``): its backward sums the gradients of all
 processes, and DDP's averaging then gives exactly the single-process gradient.
@@ -20,15 +21,17 @@ from . import register
 from ..errors import PamcError
 from .base import PartialLabelLoss, known_label_loss, nlog_bce
 
-#: k per dataset from the reference lookup table (spec 3)
-EXPECTED_POSITIVES = {"voc": 1.5, "coco": 2.9, "nuswide": 1.9, "cub": 31.4}
+def _reference_values() -> str:
+    """The reference k of each benchmark, for help text (the facts live with the datasets)."""
+    from ..data.sources.base import DATASET_INFO
+
+    return ", ".join(f"{d} {v['expected_positives']}" for d, v in DATASET_INFO.items() if v["expected_positives"])
 
 
 def _check_k(name: str, k: Optional[float]) -> float:
     if k is None:
-        table = ", ".join(f"{d} {v}" for d, v in EXPECTED_POSITIVES.items())
         raise PamcError(f"loss {name!r} needs k, the expected number of positives per image "
-                        f"(reference values: {table}); pass k=<value>")
+                        f"(reference values: {_reference_values()}); pass k=<value>")
     try:
         value = float(k)
     except (TypeError, ValueError):
@@ -48,7 +51,7 @@ def expected_positive_penalty(probs: torch.Tensor, k: float, gather) -> torch.Te
     num_classes = probs.shape[1]
     if k > num_classes:
         raise PamcError(f"k={k} expected positives per image exceeds the {num_classes} classes; "
-                        f"use this dataset's k (reference values: {EXPECTED_POSITIVES})")
+                        f"use this dataset's k (reference values: {_reference_values()})")
     batch_mean = gather(probs.sum(dim=1)).mean()
     return (batch_mean - k) ** 2 / num_classes ** 2
 
@@ -63,7 +66,7 @@ class ExpectedPositiveRegularization(PartialLabelLoss):
 
     def compute(self, logits, observed, epoch, index):
         probs = logits.sigmoid()
-        return known_label_loss(probs, observed).mean() + expected_positive_penalty(probs, self.k, self.all_gather)
+        return known_label_loss(probs, observed).mean() + expected_positive_penalty(probs, self.k, self.gather)
 
 
 @register("role")
@@ -125,7 +128,7 @@ class RegularizedOnlineLabelEstimation(PartialLabelLoss):
         estimates = self.logits[index].sigmoid().to(probs.device)
         matrix = (known_label_loss(probs, observed) + known_label_loss(estimates, observed)
                   + nlog_bce(probs, estimates.detach()) + nlog_bce(estimates, probs.detach()))
-        penalty = (expected_positive_penalty(probs, self.k, self.all_gather)
-                   + expected_positive_penalty(estimates, self.k, self.all_gather))
+        penalty = (expected_positive_penalty(probs, self.k, self.gather)
+                   + expected_positive_penalty(estimates, self.k, self.gather))
         return 0.5 * matrix.mean() + 0.5 * penalty
 

@@ -41,7 +41,7 @@ class LargeLoss(PartialLabelLoss):
         target = positive_part(observed)
         loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
         unobserved_loss = torch.where(observed == 0, loss, torch.zeros_like(loss))
-        pool = self.all_gather(unobserved_loss.detach().flatten())  # the global batch under DDP
+        pool = self.gather(unobserved_loss.detach().flatten())  # the global batch under DDP
         k = self.num_selected(pool.numel(), epoch)
         if k > 0:
             threshold = torch.topk(pool, k, sorted=True).values[-1]

@@ -1,0 +1,76 @@
+"""Backbones by name, and the CAM classifier that BoostLU acts on.
+
+Backbone families live in their own modules (`resnet`, `scene_cnn`), each registering its names
+in `BACKBONES`; `weights` reads and loads weight files for all of them.
+
+`CamClassifier` = backbone feature map -> 1x1 conv with bias (the class activation map, CAM)
+-> BoostLU -> global average pool -> logits.  With alpha = 1 it equals the usual
+GAP + linear head, because a linear map commutes with averaging.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from ..activation import boostlu, check_alpha
+from ..errors import PamcError
+from ..registry import Registry
+
+BACKBONES: Registry[Callable[..., nn.Module]] = Registry("backbone")
+
+
+def build_backbone(name: str, weights: Optional[str] = None) -> nn.Module:
+    return BACKBONES.get(name)(weights=weights)
+
+
+class CamClassifier(nn.Module):
+    """Backbone -> 1x1-conv CAM head -> BoostLU(alpha) -> global average pool -> logits.
+
+    `alpha` is the training-time boost; pass `alpha=` to `forward` to evaluate with another one
+    (inference-only BoostLU = train with alpha 1, evaluate with alpha > 1).
+    """
+
+    def __init__(self, backbone: nn.Module | str, num_classes: int, alpha: float = 1.0,
+                 weights: Optional[str] = None):
+        super().__init__()
+        if isinstance(backbone, str):
+            self.backbone_name = backbone
+            backbone = build_backbone(backbone, weights)
+        else:
+            self.backbone_name = type(backbone).__name__
+        if int(num_classes) < 1:
+            raise PamcError(f"num_classes must be >= 1 (got {num_classes})")
+        channels = getattr(backbone, "out_channels", None)
+        if channels is None:
+            raise PamcError("the backbone needs an `out_channels` attribute (its feature-map channels)")
+        self.backbone = backbone
+        self.head = nn.Conv2d(channels, int(num_classes), kernel_size=1, bias=True)
+        self.num_classes = int(num_classes)
+        self.alpha = check_alpha(alpha)
+
+    def cams(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw class activation maps (B, C, h, w), before BoostLU."""
+        return self.head(self.backbone(x))
+
+    def logits_from_cams(self, cams: torch.Tensor, alpha: Optional[float] = None) -> torch.Tensor:
+        return boostlu(cams, self.alpha if alpha is None else alpha).mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor, alpha: Optional[float] = None) -> torch.Tensor:
+        return self.logits_from_cams(self.cams(x), alpha)
+
+
+@contextmanager
+def eval_mode(model: torch.nn.Module):
+    """Run with batch-norm statistics of the checkpoint (eval mode); restore the mode after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+from . import resnet, scene_cnn  # noqa: E402,F401  (registration)
