@@ -114,3 +114,51 @@ def test_label_store_apply_and_state_round_trip():
     np.testing.assert_array_equal(initial, LabelStore(initial).observed.numpy())  # the input is not edited
     with pytest.raises(PamcError, match="same dataset"):
         LabelStore(np.zeros((5, 3))).load_state_dict(store.state_dict())
+
+
+@pytest.mark.parametrize("text, mode, fraction", [
+    ("auto", "auto", None), ("as-given", "as-given", None), ("full", "full", None),
+    ("single-positive", "single-positive", None), ("fraction:0.25", "fraction", 0.25), ("fraction:1", "fraction", 1.0)])
+def test_observation_vocabulary(text, mode, fraction):
+    from pamc.labels import Observation
+
+    parsed = Observation.parse(text)
+    assert (parsed.mode, parsed.fraction) == (mode, fraction) and Observation.parse(str(parsed)) == parsed
+
+
+@pytest.mark.parametrize("text", ["fraction:x", "fraction:1.5", "fraction:0", "singlepositive", "", None, 3])
+def test_bad_observations_are_one_line_errors(text):
+    from pamc.labels import Observation
+
+    with pytest.raises(PamcError, match=r"observation must be one of auto, as-given, full, single-positive, fraction:P"):
+        Observation.parse(text)
+
+
+def test_observation_means_the_same_in_training_and_prepare():
+    from pamc.labels import observe
+
+    full = np.array([[1, 0, 1], [0, 1, 0]], dtype=np.uint8)
+    given = np.array([[1, 0, -1], [0, 0, 1]], dtype=np.float32)
+    both_ways = np.where(full == 1, 1.0, -1.0)
+    np.testing.assert_array_equal(observe(full, None, "as-given"), both_ways)  # complete labels: all observed
+    np.testing.assert_array_equal(observe(full, given, "as-given"), given)  # partial labels as they are
+    np.testing.assert_array_equal(observe(full, None, "full"), both_ways)
+    assert observe(full, given, "auto") is given and ((observe(full, None, "auto") == 1).sum(1) == 1).all()
+    assert observe(full, None, "auto", default="full").min() == -1  # a dataset's own default
+    with pytest.raises(PamcError, match="only partial labels.*observation='as-given'"):
+        observe(None, given, "single-positive")
+
+
+def test_config_checks_observation_and_weights_before_any_data(capsys, tmp_path):
+    from pamc.cli import main
+    from pamc.config import resolve
+
+    for bad in ("fraction:x", "fraction:1.5"):
+        assert main(["train", "--observation", bad, "--data", "name=prepared", "--data", f"path={tmp_path}/none",
+                     "--out", str(tmp_path / "run")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "observation must be one of" in err and not (tmp_path / "run").exists()
+    assert resolve(preset="voc-an", overrides={"backbone_weights": "none"}).backbone_weights is None
+    assert resolve(preset="voc-an", overrides={"backbone_weights": "None"}).backbone_weights is None
+    assert main(["train", "--amp", "fp8", "--out", str(tmp_path / "run")]) == 2
+    assert "amp must be auto, bf16, off" in capsys.readouterr().err

@@ -109,3 +109,38 @@ def test_scene_preset_trains(tmp_path):
     assert cfg.alpha == 5.0 and cfg.method == "ll-r"
     result = pamc.train(cfg)
     assert 0.0 <= result.test_map <= 100.0
+
+
+def test_presets_inherit_from_a_base_and_stay_complete(tmp_path, capsys):
+    from pamc.config import load_preset
+
+    child, base = load_preset("voc-ll-r-boostlu-fast64"), load_preset("voc-ll-r-boostlu-fast")
+    assert (child["batch_size"], child["lr"]) == (64, 4e-05)
+    assert {k: v for k, v in child.items() if k not in ("batch_size", "lr")} == {
+        k: v for k, v in base.items() if k not in ("batch_size", "lr")}
+    assert child["data"] == {"name": "prepared", "path": "data/voc", "cache": "data/voc/cache"}  # merged key by key
+    # the preset file itself holds only what differs
+    own = preset_files()["voc-ll-r-boostlu-fast64"].read_text()
+    assert "base: voc-ll-r-boostlu-fast" in own and "backbone" not in own
+    # a YAML config may name a base too; its own keys win
+    cfg_file = tmp_path / "my.yaml"
+    cfg_file.write_text("base: voc-ll-ct\nepochs: 3\nloss:\n  delta: 0.3\n")
+    cfg = resolve(config=str(cfg_file))
+    assert (cfg.method, cfg.epochs, cfg.loss, cfg.backbone) == ("ll-ct", 3, {"delta": 0.3}, "resnet50")
+    # the resolved settings are printed complete
+    assert cli_main(["presets", "--show", "voc-ll-r-boostlu-fast64"]) == 0
+    shown = capsys.readouterr().out
+    assert "batch_size: 64" in shown and "backbone: resnet50" in shown and "method: ll-r" in shown
+
+
+def test_a_preset_cycle_or_unknown_base_is_one_error(tmp_path, monkeypatch):
+    import pamc.config as config
+
+    (tmp_path / "a.yaml").write_text("base: b\nepochs: 2\n")
+    (tmp_path / "b.yaml").write_text("base: a\n")
+    (tmp_path / "c.yaml").write_text("base: nowhere\n")
+    monkeypatch.setattr(config, "preset_files", lambda: {p.stem: p for p in tmp_path.glob("*.yaml")})
+    with pytest.raises(pamc.errors.PamcError, match="inherits from itself through a -> b -> a"):
+        config.load_preset("a")
+    with pytest.raises(pamc.errors.PamcError, match="unknown preset 'nowhere'"):
+        config.load_preset("c")

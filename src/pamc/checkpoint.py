@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import save_file
 
 from .errors import PamcError
-from .files import atomic_write, write_json, write_text
+from .files import atomic_write, read_yaml, write_json, write_text
 from .models import CamClassifier
 from .models.weights import load_state, read_state_dict
 from .runtime import unwrap
@@ -160,11 +160,9 @@ class RunFolder:
         return self.state.is_file()
 
     def read_config(self) -> dict:
-        from .config import load_yaml
-
         if not self.config.is_file():
             raise PamcError(f"{self.path} holds no {self.CONFIG}; it is not a pamc run folder")
-        return load_yaml(self.config)
+        return read_yaml(self.config, "run config")
 
     def write_config(self, values: dict) -> None:
         import yaml

@@ -14,6 +14,7 @@ from typing import Any, Optional
 import yaml
 
 from .errors import PamcError
+from .files import read_yaml
 
 
 @dataclass
@@ -142,15 +143,8 @@ def make_config(values: dict) -> TrainConfig:
 
 
 def load_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise PamcError(f"config file {path} not found")
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise PamcError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(values, dict):
-        raise PamcError(f"config file {path} must hold a mapping of settings")
+    """Settings from a YAML file (its `description` is documentation, not a setting)."""
+    values = read_yaml(path)
     values.pop("description", None)
     return values
 

@@ -11,6 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from .errors import PamcError
+
 
 def cache_dir(explicit: str | os.PathLike | None = None) -> Path:
     """The cache folder: `explicit`, else $PAMC_CACHE, else ~/.cache/pamc."""
@@ -39,6 +41,22 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
             json.dump(data, f, indent=2)
 
     atomic_write(path, write)
+
+
+def read_yaml(path: str | os.PathLike, what: str = "config file") -> dict:
+    """A YAML file holding a mapping, with one-line errors for a missing or malformed file."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise PamcError(f"{what} {path} not found")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise PamcError(f"{what} {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise PamcError(f"{what} {path} must hold a mapping of settings")
+    return values
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
