@@ -204,8 +204,17 @@ def cmd_describe(args: argparse.Namespace) -> int:
 
 @command("demo")
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .demo import run_demo, run_grid
 
+    if args.grid:
+        if args.all:
+            raise PamcError("--grid already runs every method; drop --all")
+        run_grid(source=args.source, out=args.out if args.out != "pamc-demo" else "pamc-grid", quick=args.quick,
+                 seeds=args.seeds, device=args.device, overwrite=args.overwrite, epochs=args.epochs,
+                 methods=args.methods)
+        return 0
+    if args.methods:
+        raise PamcError("--methods chooses the rows of --grid; add --grid")
     run_demo(source=args.source, out=args.out, quick=args.quick, seeds=args.seeds, all_methods=args.all,
              device=args.device, overwrite=args.overwrite, epochs=args.epochs)
     return 0
@@ -284,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="pamc-demo", help="results folder")
     p.add_argument("--quick", action="store_true", help="small and fast (about a minute)")
     p.add_argument("--all", action="store_true", help="every method of the paper's table, baselines included")
+    p.add_argument("--grid", action="store_true", help="every method x (no BoostLU, BoostLU at inference only, "
+                   "BoostLU in training and inference): which methods BoostLU helps (default --out pamc-grid)")
+    p.add_argument("--methods", nargs="+", metavar="METHOD", help="with --grid: only these methods (loss names)")
     p.add_argument("--seeds", type=int, nargs="+", help="training seeds (default 0)")
     p.add_argument("--epochs", type=int, help="override the demo's epochs")
     p.add_argument("--device", default="auto")

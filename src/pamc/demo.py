@@ -7,11 +7,12 @@ x10 head.  Every row is a real training run through `pamc.train`; nothing is cop
 from __future__ import annotations
 
 import json
+import math
 import platform
 import shutil
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -76,9 +77,10 @@ def base_config(data: dict, quick: bool, device: str) -> dict:
             "progress": False, "overwrite": True}
 
 
-def run_demo(source: str = "digits", out: str = "pamc-demo", quick: bool = False, seeds: Optional[list[int]] = None,
-             all_methods: bool = False, device: str = "auto", overwrite: bool = False,
-             epochs: Optional[int] = None) -> dict:
+def prepare_demo(source: str, out: str, quick: bool, device: str, overwrite: bool, epochs: Optional[int],
+                 data_overrides: Optional[dict] = None, settings: Optional[dict] = None):
+    """(results folder, scene settings, scenes, base run settings): the part every demo mode shares.
+    `data_overrides` / `settings` change the scenes and run settings (smaller scenes for a check)."""
     from .data.scenes import make_scenes
 
     out_dir = Path(out)
@@ -87,17 +89,19 @@ def run_demo(source: str = "digits", out: str = "pamc-demo", quick: bool = False
             raise PamcError(f"results folder {out_dir} already exists; pass --overwrite or choose --out")
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    seeds = list(seeds or [0])
-    start = time.perf_counter()
-    data = scene_settings(source, quick)
+    data = {**scene_settings(source, quick), **(data_overrides or {})}
     bundle = make_scenes(**{k: v for k, v in data.items() if k != "name"})
-    rows = list(CORE_ROWS) + (baseline_rows() if all_methods else [])
-    base = base_config(data, quick, device)
+    base = {**base_config(data, quick, device), **(settings or {})}
     if epochs:
         base["epochs"] = epochs
+    return out_dir, data, bundle, base
+
+
+def train_rows(rows: list[Row], seeds: list[int], base: dict, bundle, out_dir: Path) -> dict[str, list[RunResult]]:
+    """Every row once per seed through `pamc.train`, each into its own run folder."""
     print(f"pamc demo: {bundle.name}, {len(bundle.train)}/{len(bundle.val)}/{len(bundle.test)} train/val/test scenes, "
           f"{bundle.num_classes} classes, {bundle.train.full.sum(1).mean():.2f} objects' classes per image; "
-          f"{len(rows)} methods x {len(seeds)} seed(s), {base['epochs']} epochs each")
+          f"{len(rows)} rows x {len(seeds)} seed(s), {base['epochs']} epochs each")
     runs: dict[str, list[RunResult]] = {}
     for row in rows:
         for seed in seeds:
@@ -109,6 +113,17 @@ def run_demo(source: str = "digits", out: str = "pamc-demo", quick: bool = False
             runs.setdefault(row.label, []).append(result)
             print(f"  {row.label:34s} seed {seed}: test mAP {result.test_map:6.2f}  (best epoch {result.results['best_epoch']}, "
                   f"{time.perf_counter() - t0:.0f} s)", flush=True)
+    return runs
+
+
+def run_demo(source: str = "digits", out: str = "pamc-demo", quick: bool = False, seeds: Optional[list[int]] = None,
+             all_methods: bool = False, device: str = "auto", overwrite: bool = False,
+             epochs: Optional[int] = None) -> dict:
+    start = time.perf_counter()
+    out_dir, data, bundle, base = prepare_demo(source, out, quick, device, overwrite, epochs)
+    seeds = list(seeds or [0])
+    rows = list(CORE_ROWS) + (baseline_rows() if all_methods else [])
+    runs = train_rows(rows, seeds, base, bundle, out_dir)
     results = summarise(rows, runs)
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     table = results_table(results)
@@ -122,6 +137,96 @@ def run_demo(source: str = "digits", out: str = "pamc-demo", quick: bool = False
     print(f"\nwrote {out_dir / 'results.json'}, explanations.json, report.md, {figure.name} in {out_dir} "
           f"({time.perf_counter() - start:.0f} s in all)")
     return results
+
+
+#: the grid's columns: (name, training alpha, evaluation alpha)
+GRID_VARIANTS = (("no BoostLU", 1.0, 1.0), ("BoostLU inference only", 1.0, BOOST), ("BoostLU train + inference", BOOST, BOOST))
+
+
+def grid_methods() -> list[Row]:
+    """Every method of the demo once, without BoostLU (the grid adds the BoostLU variants itself)."""
+    return [r for r in CORE_ROWS + baseline_rows()
+            if r.alpha == r.eval_alpha == 1.0 and "linear_init" not in r.settings]
+
+
+def run_grid(source: str = "digits", out: str = "pamc-grid", quick: bool = False, seeds: Optional[list[int]] = None,
+             device: str = "auto", overwrite: bool = False, epochs: Optional[int] = None,
+             methods: Optional[list[str]] = None, data_overrides: Optional[dict] = None,
+             settings: Optional[dict] = None) -> dict:
+    """`pamc demo --grid`: BoostLU is a property of the model, so it combines with every loss; this
+    trains each method without it, with it at inference only, and with it in training and
+    inference, and tables which methods it helps (beyond the seed spread) and which it does not."""
+    start = time.perf_counter()
+    chosen = grid_methods()
+    if methods:
+        unknown = sorted(set(methods) - {r.method for r in chosen})
+        if unknown:
+            raise PamcError(f"unknown grid method(s) {', '.join(unknown)}; valid: {', '.join(r.method for r in chosen)}")
+        chosen = [r for r in chosen if r.method in methods]
+    out_dir, data, bundle, base = prepare_demo(source, out, quick, device, overwrite, epochs, data_overrides, settings)
+    seeds = list(seeds or [0])
+    rows = [replace(r, label=f"{r.label} | {name}", alpha=a, eval_alpha=e, slug=f"{r.slug}-{name.replace(' ', '-').lower()}")
+            for r in chosen for name, a, e in GRID_VARIANTS]
+    runs = train_rows(rows, seeds, base, bundle, out_dir)
+    grid = {r.label: {name: [x.test_map for x in runs[f"{r.label} | {name}"]] for name, _, _ in GRID_VARIANTS}
+            for r in chosen}
+    elapsed = time.perf_counter() - start
+    text = grid_table(grid) + "\n\n" + grid_reading(grid)
+    (out_dir / "grid.json").write_text(json.dumps({"seeds": seeds, "test_map": grid, "seconds": elapsed,
+                                                   "data": data, "settings": base}, indent=2))
+    (out_dir / "grid.md").write_text(f"# BoostLU with every method ({data['source']} scenes, seeds {seeds}, "
+                                     f"{elapsed / 60:.1f} min)\n\n{text}\n")
+    print("\n" + text + f"\n\nwrote {out_dir / 'grid.md'} and grid.json ({elapsed:.0f} s in all)")
+    return grid
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def grid_table(grid: dict[str, dict[str, list[float]]]) -> str:
+    """Method rows, one column per variant (mean +- std over seeds), the best cell of each row in bold."""
+    names = [name for name, _, _ in GRID_VARIANTS]
+    lines = ["| method | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for label, cells in grid.items():
+        means = {name: mean_std(cells[name]) for name in names}
+        best = max(names, key=lambda n: means[n][0])
+        shown = [(f"**{m:.2f} +- {s:.2f}**" if name == best else f"{m:.2f} +- {s:.2f}") for name, (m, s) in means.items()]
+        lines.append(f"| {label} | " + " | ".join(shown) + " |")
+    seeds = len(next(iter(grid.values()))[names[0]]) if grid else 0
+    return "\n".join(lines) + f"\n\nTest mAP (%), mean +- std over {seeds} seed(s); bold: the best cell of each row."
+
+
+def effect(cells: dict[str, list[float]], variant: str) -> tuple[float, float]:
+    """(difference of means against no BoostLU, that difference in standard errors of the
+    difference, sqrt(s1^2/n + s2^2/n); NaN with one seed)."""
+    none, other = cells[GRID_VARIANTS[0][0]], cells[variant]
+    diff = statistics.fmean(other) - statistics.fmean(none)
+    se = math.sqrt((mean_std(other)[1] ** 2 + mean_std(none)[1] ** 2) / len(none)) if len(none) > 1 else math.nan
+    return diff, (diff / se if se > 0 else math.nan)
+
+
+def verdict(ratio: float) -> str:
+    """Beyond 2 standard errors either way, or not."""
+    if not math.isfinite(ratio):
+        return "?"
+    return "helps" if ratio >= 2 else ("hurts" if ratio <= -2 else "no clear effect")
+
+
+def grid_reading(grid: dict[str, dict[str, list[float]]]) -> str:
+    """Each BoostLU variant against no BoostLU, per method: the difference and whether it lies
+    beyond the seed spread (2 standard errors of the difference)."""
+    variants = [name for name, _, _ in GRID_VARIANTS[1:]]
+    lines = ["| method | " + " | ".join(f"{v}: difference (in s.e.)" for v in variants) + " |",
+             "|---|" + "---|" * len(variants)]
+    for label, cells in grid.items():
+        parts = []
+        for v in variants:
+            diff, ratio = effect(cells, v)
+            parts.append(f"{diff:+.2f} ({ratio:+.1f}): {verdict(ratio)}")
+        lines.append(f"| {label} | " + " | ".join(parts) + " |")
+    return "\n".join(lines) + ("\n\nA difference counts as beyond the seed spread at 2 or more standard errors of the "
+                              "difference of the two means (with one seed there is no spread: '?').")
 
 
 def summarise(rows: list[Row], runs: dict[str, list[RunResult]]) -> dict:
