@@ -161,6 +161,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("view")
+def cmd_view(args: argparse.Namespace) -> int:
+    from .explain import write_view
+    from .inference import load_split
+
+    images = args.images or load_split(args.split, key_values(args.data, "--data"), args.checkpoints[0])
+    out = write_view(args.checkpoints, images, args.out, labels=args.labels, classes=args.classes, top_k=args.top_k,
+                     max_images=args.max_images, split_name=None if args.images else args.split, device=args.device)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, self-contained: open it in a browser)")
+    return 0
+
+
 @command("tune-alpha")
 def cmd_tune_alpha(args: argparse.Namespace) -> int:
     from .explain import tune_alpha_command
@@ -321,6 +333,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--boost-alpha", type=float, help="also compare the partial models with BoostLU(alpha)")
     add_data_flags(p, "test", "compare on other data")
     p.add_argument("--max-images", type=int, default=200)
+
+    p = sub.add_parser("view", help="one self-contained HTML page comparing checkpoints' CAMs, with a BoostLU alpha slider")
+    p.add_argument("checkpoints", nargs="+", help="run folders; the first one's scores pick the classes shown")
+    p.add_argument("--out", default="view.html", help="the HTML file to write")
+    p.add_argument("--labels", nargs="+", help="a name per checkpoint")
+    p.add_argument("--images", nargs="+", help="image files/folders (default: --split of the first checkpoint's data)")
+    add_data_flags(p, "test", "view images of other data")
+    p.add_argument("--max-images", type=int, default=24)
+    p.add_argument("--top-k", type=int, default=3, help="per image: its ground-truth classes and the first model's top k")
+    p.add_argument("--classes", nargs="+", help="class names to show for every image instead")
 
     p = sub.add_parser("tune-alpha", help="sweep the evaluation alpha on validation")
     p.add_argument("checkpoint")

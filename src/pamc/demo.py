@@ -133,8 +133,13 @@ def run_demo(source: str = "digits", out: str = "pamc-demo", quick: bool = False
     explanations = explanation_tables(rows, runs, bundle, out_dir / "explanations")
     (out_dir / "explanations.json").write_text(json.dumps(explanations["summary"], indent=2))
     print("\n" + explanations["text"])
+    from .explain import write_view
+
+    shown = ["Full label", "AN", "LL-R + BoostLU"]
+    write_view([runs[label][0].out for label in shown], bundle.test, out_dir / "view.html", labels=shown,
+               max_images=12, split_name="test", device=device)
     write_report(out_dir, table, data, base, seeds, time.perf_counter() - start, figure, explanations["text"])
-    print(f"\nwrote {out_dir / 'results.json'}, explanations.json, report.md, {figure.name} in {out_dir} "
+    print(f"\nwrote {out_dir / 'results.json'}, explanations.json, report.md, {figure.name}, view.html in {out_dir} "
           f"({time.perf_counter() - start:.0f} s in all)")
     return results
 
@@ -357,5 +362,7 @@ and the AN CAM after BoostLU, for one ground-truth class, on one colour scale.
 
 Full reports with histograms and scatter plots: [explanations/report.md](explanations/report.md),
 [explanations/an-boosted/report.md](explanations/an-boosted/report.md).
+Interactive: [view.html](view.html), the CAMs of the full-label, AN and LL-R + BoostLU models on 12
+test scenes with a BoostLU alpha slider (one self-contained file; open it from disk).
 """
     (out_dir / "report.md").write_text(text)

@@ -6,15 +6,17 @@ per-map normalisation would erase exactly that.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 from torchvision.transforms.v2 import functional as TF
 
 from ..activation import boostlu
+from ..data.images import decode
 from ..data.loading import image_batches
 from ..data.transforms import normalize_uint8
 from ..errors import PamcError
@@ -77,6 +79,32 @@ def iter_image_batches(images, batch_size: int = 64, size=None) -> Iterator[torc
     else:
         for batch in images:
             yield resize_batch(batch[0] if isinstance(batch, (tuple, list)) else batch, size)
+
+
+def split_images(split, count: int, size=None, batch_size: int = 64) -> torch.Tensor:
+    """The first `count` images of a dataset `Split` as uint8 N x 3 x H x W, resized to `size`."""
+    return torch.cat(list(iter_image_batches(Subset(split.images, range(count)), batch_size, size)))
+
+
+def split_image_names(split, count: int) -> list[str]:
+    """Names of a split's first `count` images: their identifiers, else image00000, image00001, ..."""
+    return [str(n) for n in (split.names or [f"image{i:05d}" for i in range(len(split))])[:count]]
+
+
+def file_images(inputs: Sequence[str | Path], size=None, limit: Optional[int] = None) -> tuple[list[Path], list[torch.Tensor]]:
+    """Image files and the images in folders (the first `limit`): (paths, uint8 3 x H x W images
+    resized to `size`, else at their own size)."""
+    from ..inference import image_paths
+
+    files = image_paths([str(i) for i in inputs])[:limit]
+    return files, [resize_batch(decode(f)[None], as_size(size))[0] for f in files]
+
+
+def top_classes(probs: torch.Tensor, top_k: int) -> list[list[int]]:
+    """Per image (row of N x C probabilities), its `top_k` classes, best first."""
+    if int(top_k) < 1:
+        raise PamcError(f"top_k must be >= 1 (got {top_k})")
+    return probs.topk(min(int(top_k), probs.shape[1]), dim=1).indices.tolist()
 
 
 def model_input(x: torch.Tensor, device: torch.device) -> torch.Tensor:

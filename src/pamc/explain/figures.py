@@ -53,68 +53,118 @@ def examples_figure(rows: Sequence[tuple[torch.Tensor, str, Sequence[torch.Tenso
                     path: str | Path, signed: bool = False) -> Path:
     """One row per (image, class caption, maps of each model); each row shares one colour scale,
     so a weaker map of the same region shows up as paler, not as identical."""
-    fig = Figure(figsize=(2.6 * len(columns) + 1, 2.4 * len(rows)))
+    fig = Figure(figsize=(2.2 * len(columns) + 1, 2.3 * len(rows)), layout="constrained")
     axes = fig.subplots(len(rows), len(columns), squeeze=False)
     for r, (image, caption, maps) in enumerate(rows):
         vmax = max(float((m.abs() if signed else m.clamp(min=0)).max()) for m in maps)
         for c, cam in enumerate(maps):
             mappable = draw_overlay(axes[r, c], image, cam, vmax, signed)
             axes[r, c].set_title(f"{columns[c]}\n{caption}" if r == 0 else caption, fontsize=8)
-        fig.colorbar(mappable, ax=list(axes[r]), label=CAM_UNITS, shrink=0.9)
+        fig.colorbar(mappable, ax=list(axes[r]), label=CAM_UNITS, shrink=0.9, aspect=12, pad=0.01)
     return save(fig, path)
 
 
-def histogram_figure(panels: Mapping[str, Mapping[str, np.ndarray]], path: str | Path, bins: int = 60) -> Path:
-    """One panel per group (e.g. positive / negative classes), one step histogram per model,
-    with bins shared across models so the shapes compare directly."""
-    fig = Figure(figsize=(5 * len(panels), 3.6))
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    for ax, (title, series) in zip(axes, panels.items()):
-        values = [v for v in series.values() if v.size]
-        if values:
-            edges = np.histogram_bin_edges(np.concatenate(values), bins=bins)
-            for name, v in series.items():
-                if v.size:
-                    ax.hist(v, bins=edges, histtype="step", density=True, label=name)
-            ax.legend(fontsize=8)
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel(CAM_UNITS)
-        ax.set_ylabel("density")
+def grid(n: int, columns: int, width: float, height: float, **share):
+    """A constrained-layout figure with `n` panels wrapped into rows of `columns`; spare axes hidden."""
+    rows = -(-n // columns)
+    fig = Figure(figsize=(width * columns, height * rows + 0.6), layout="constrained")
+    axes = fig.subplots(rows, columns, squeeze=False, **share)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, axes
+
+
+def histogram_figure(values: Mapping[str, Mapping[str, np.ndarray]], reference: str,
+                     compared: Sequence[tuple[str, Optional[str]]], path: str | Path, bins: int = 60) -> Path:
+    """Small multiples of CAM-value distributions, readable at any number of models: one row per
+    compared model, one column per group of `values` ({group: {model: values}}, e.g. positive /
+    negative classes).  Each panel shows the reference (grey, filled), the model and, where
+    `compared` pairs it with the name of its boosted maps, those (dashed).  Bins are shared per
+    group and the x axis by all panels, so the rows compare directly; the legend sits above."""
+    groups = list(values)
+    fig = Figure(figsize=(4.6 * len(groups), 1.55 * len(compared) + 0.9), layout="constrained")
+    axes = fig.subplots(len(compared), len(groups), squeeze=False, sharex=True)
+    edges = {g: np.histogram_bin_edges(np.concatenate([v for v in values[g].values() if v.size] or [np.zeros(1)]),
+                                       bins=bins) for g in groups}
+    for r, (name, boosted) in enumerate(compared):
+        for c, group in enumerate(groups):
+            ax, series = axes[r, c], values[group]
+            ax.hist(series[reference], bins=edges[group], density=True, color="0.6", alpha=0.5, label=f"{reference} (reference)")
+            ax.hist(series[name], bins=edges[group], density=True, histtype="step", lw=1.4, color="tab:blue",
+                    label="the row's model")
+            if boosted is not None:
+                ax.hist(series[boosted], bins=edges[group], density=True, histtype="step", lw=1.4, ls="--",
+                        color="tab:red", label="the row's model" + boosted.removeprefix(name))
+            ax.tick_params(labelsize=8)
+            ax.grid(alpha=0.25)
+            if r == 0:
+                ax.set_title(group, fontsize=10)
+            if c == 0:
+                ax.set_ylabel(name, fontsize=9, fontweight="bold")
+    for ax in axes[-1]:
+        ax.set_xlabel(CAM_UNITS, fontsize=9)
+    fig.supylabel("density", fontsize=9)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside upper center", ncol=len(labels), fontsize=9, frameon=False)
     return save(fig, path)
 
 
 def scatter_figure(panels: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]], reference: str,
-                   path: str | Path) -> Path:
+                   path: str | Path, columns: int = 4) -> Path:
     """Per compared model: reference CAM value (x) vs the model's (y) at the same position,
-    coloured by whether the class is present; the y = x line marks equal attribution."""
-    fig = Figure(figsize=(4.2 * len(panels), 4))
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    for ax, (name, (x, y, positive)) in zip(axes, panels.items()):
+    coloured by whether the class is present; the y = x line marks equal attribution.  Panels wrap
+    into rows of `columns` with a shared x axis (the reference) and one legend above them."""
+    columns = max(1, min(columns, len(panels)))
+    fig, axes = grid(len(panels), columns, 3.1, 2.9, sharex=True)
+    for ax, (name, (x, y, positive)) in zip(axes.flat, panels.items()):
         for mask, label, colour in ((~positive, "negative class", "tab:blue"), (positive, "positive class", "tab:red")):
             ax.scatter(x[mask], y[mask], s=3, alpha=0.4, c=colour, label=label, rasterized=True)
-        if x.size:
-            lo, hi = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
-            ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x")
-        ax.set_xlabel(f"{reference} CAM")
-        ax.set_ylabel(f"{name} CAM")
-        ax.legend(fontsize=7, markerscale=3)
+        ax.axline((0, 0), slope=1, color="k", ls="--", lw=1, label="y = x (same attribution)")  # sets no limits
+        ax.set_title(name, fontsize=9)
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.25)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("model CAM", fontsize=9)
+    for c in range(columns):
+        visible = [ax for ax in axes[:, c] if ax.get_visible()]
+        visible[-1].set_xlabel(f"{reference} CAM", fontsize=9)
+        visible[-1].xaxis.set_tick_params(labelbottom=True)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside upper center", ncol=len(labels), fontsize=9, markerscale=4, frameon=False)
     return save(fig, path)
 
 
-def bar_figure(values: Mapping[str, Sequence[Optional[float]]], categories: Sequence[str], path: str | Path,
-               ylabel: str, reference_line: Optional[float] = None) -> Path:
-    """Grouped bars: one group per category (class), one bar per series (model); None = no bar."""
-    fig = Figure(figsize=(max(5.0, 0.45 * len(categories) * max(1, len(values)) + 1.5), 3.6))
+def ratio_figure(values: Mapping[str, Sequence[Optional[float]]], categories: Sequence[str], path: str | Path,
+                 title: str) -> Path:
+    """Ratios to a reference as a models x categories table of coloured, numbered cells (readable
+    at any number of models, unlike grouped bars): colour on a log scale centred on 1 (blue below,
+    red above), None / NaN = no pair to compare (grey, "-")."""
+    from matplotlib.colors import LogNorm
+
+    table = np.array([[np.nan if v is None else v for v in row] for row in values.values()], dtype=float)
+    finite = table[np.isfinite(table) & (table > 0)]
+    spread = float(np.abs(np.log(finite)).max()) if finite.size else 1.0
+    spread = max(spread, np.log(1.25))
+    norm = LogNorm(np.exp(-spread), np.exp(spread))
+    fig = Figure(figsize=(max(4.5, 0.62 * len(categories) + 2.8), 0.38 * len(values) + 1.5), layout="constrained")
     ax = fig.add_subplot()
-    width = 0.8 / max(1, len(values))
-    x = np.arange(len(categories))
-    for i, (name, series) in enumerate(values.items()):
-        ax.bar(x + i * width, [np.nan if v is None else v for v in series], width, label=name)
-    if reference_line is not None:
-        ax.axhline(reference_line, color="k", ls="--", lw=1)
-    ax.set_xticks(x + width * (len(values) - 1) / 2, categories, rotation=60, ha="right", fontsize=8)
-    ax.set_ylabel(ylabel)
-    ax.legend(fontsize=8)
+    ax.set_facecolor("0.88")
+    image = ax.imshow(np.where(table > 0, table, np.nan), cmap="RdBu_r", norm=norm, aspect="auto")
+    for (r, c), v in np.ndenumerate(table):
+        if np.isfinite(v):
+            dark = abs(np.log(max(v, 1e-12))) > 0.6 * spread
+            ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=8, color="white" if dark else "black")
+        else:
+            ax.text(c, r, "-", ha="center", va="center", fontsize=8, color="0.4")
+    ax.set_xticks(range(len(categories)), categories, rotation=45 if max(map(len, categories), default=0) > 3 else 0,
+                  ha="right" if max(map(len, categories), default=0) > 3 else "center", fontsize=8)
+    ax.set_yticks(range(len(values)), list(values), fontsize=8)
+    ax.set_xlabel("class", fontsize=9)
+    ax.set_title(title, fontsize=10)
+    bar = fig.colorbar(image, ax=ax, label="ratio (log scale; 1 = same)", shrink=0.9)
+    ticks = [2.0 ** k for k in range(-8, 9) if norm.vmin <= 2.0 ** k <= norm.vmax]
+    bar.set_ticks(ticks, labels=[f"{t:g}" for t in ticks])
+    bar.minorticks_off()
     return save(fig, path)
 
 

@@ -20,14 +20,13 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Subset
 
 from ..activation import boostlu
 from ..checkpoint import load_model, resolve_checkpoint
 from ..errors import PamcError
 from ..labels import check_full_labels
-from .cams import as_size, cams, iter_image_batches, resolve_device, upsample
-from .figures import bar_figure, examples_figure, histogram_figure, scatter_figure
+from .cams import as_size, cams, iter_image_batches, resolve_device, split_images, upsample
+from .figures import examples_figure, histogram_figure, ratio_figure, scatter_figure
 from .localization import localization_scores
 from .report import Report
 
@@ -161,6 +160,28 @@ def model_label(checkpoint: str | Path) -> str:
     return folder.parent.name if folder.name in ("best", "last") else folder.name
 
 
+def load_models(checkpoints: Sequence[str | Path], labels: Optional[Sequence[str]], device: str = "auto"):
+    """Checkpoints of one dataset, loaded on `device`: (a distinct name each -- `labels`, else the run
+    folders --, [(model, meta)], class names); PamcError where their classes differ."""
+    if not checkpoints:
+        raise PamcError("give at least one checkpoint (a run folder made by `pamc train`)")
+    if labels is not None:
+        names = [str(n) for n in labels]
+        if len(names) != len(checkpoints) or len(set(names)) != len(names):
+            raise PamcError(f"give one distinct label per checkpoint ({len(checkpoints)}), got {names}")
+    else:
+        names = [model_label(c) for c in checkpoints]
+        names = [f"{n}-{i}" if names.count(n) > 1 else n for i, n in enumerate(names)]
+    device = resolve_device(device)
+    models = [load_model(c, device) for c in checkpoints]
+    first, first_meta = models[0]
+    class_names = [str(n) for n in first_meta.class_names or range(first.num_classes)]
+    for (model, meta), name in zip(models[1:], names[1:]):
+        if model.num_classes != first.num_classes or (meta.class_names or class_names) != class_names:
+            raise PamcError(f"{name} has other classes than {names[0]}; compare models of one dataset")
+    return names, models, class_names
+
+
 def gather_images(data, max_images: int, size, batch_size: int):
     """(uint8 images N x 3 x H x W, full labels, boxes or None, canvas size of the boxes)."""
     if isinstance(data, (tuple, list)):
@@ -174,7 +195,7 @@ def gather_images(data, max_images: int, size, batch_size: int):
         full, boxes = data.full, data.boxes
         n = min(max_images, len(data))
         canvas = tuple(data.images[0].shape[-2:])
-        images = torch.cat(list(iter_image_batches(Subset(data.images, range(n)), batch_size, size)))
+        images = split_images(data, n, size, batch_size)
         boxes = None if boxes is None else list(boxes[:n])
     if n == 0:
         raise PamcError("no images to compare on")
@@ -198,29 +219,19 @@ def compare_explanations(checkpoints: Sequence[str | Path], data, out_dir: str |
     """
     if len(checkpoints) < 2:
         raise PamcError("compare needs at least two checkpoints: the full-label reference first, then the others")
-    if labels is not None:
-        names = [str(n) for n in labels]
-        if len(names) != len(checkpoints) or len(set(names)) != len(names):
-            raise PamcError(f"give one distinct label per checkpoint ({len(checkpoints)}), got {names}")
-    else:
-        names = [model_label(c) for c in checkpoints]
-        names = [f"{n}-{i}" if names.count(n) > 1 else n for i, n in enumerate(names)]
-    device = resolve_device(device)
-    models = [load_model(c, device) for c in checkpoints]
+    names, models, class_names = load_models(checkpoints, labels, device)
     ref_model, ref_meta = models[0]
-    class_names = [str(n) for n in ref_meta.class_names or range(ref_model.num_classes)]
-    for (model, meta), name in zip(models[1:], names[1:]):
-        if model.num_classes != ref_model.num_classes or (meta.class_names or class_names) != class_names:
-            raise PamcError(f"{name} has other classes than the reference {names[0]}; compare models of one dataset")
     size = as_size(image_size or ref_meta.image_size)
     images, full, boxes, canvas = gather_images(data, max_images, size, batch_size)
     if full.shape[1] != ref_model.num_classes:
         raise PamcError(f"the labels have {full.shape[1]} classes but the models have {ref_model.num_classes}")
 
     maps = {name: cams(model, images, batch_size=batch_size) for (model, _), name in zip(models, names)}
+    boosted = {}  # model -> the name of its boosted maps
     if boosted_alpha is not None:
         for name in names[1:]:
-            maps[f"{name} + BoostLU({float(boosted_alpha):g})"] = boostlu(maps[name], boosted_alpha)
+            boosted[name] = f"{name} + BoostLU({float(boosted_alpha):g})"
+            maps[boosted[name]] = boostlu(maps[name], boosted_alpha)
     ref_name = names[0]
     compared = [n for n in maps if n != ref_name]
     labels_t = torch.as_tensor(full)
@@ -238,30 +249,35 @@ def compare_explanations(checkpoints: Sequence[str | Path], data, out_dir: str |
         summary["localization"] = {n: localization_scores(m, boxes, canvas, ref_model.num_classes) for n, m in maps.items()}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    figures = draw_figures(maps, ref_name, images, labels_t, class_names, summary, out_dir, n_examples, seed)
+    figures = draw_figures(maps, ref_name, boosted, images, labels_t, class_names, summary, out_dir, n_examples, seed)
     summary["figures"] = {k: p.name for k, p in figures.items()}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     write_report(summary, figures, out_dir)
     return summary
 
 
-def draw_figures(maps: dict, ref_name: str, images: torch.Tensor, labels: torch.Tensor, class_names: list[str],
-                 summary: dict, out_dir: Path, n_examples: int, seed: int) -> dict[str, Path]:
+def draw_figures(maps: dict, ref_name: str, boosted: dict[str, str], images: torch.Tensor, labels: torch.Tensor,
+                 class_names: list[str], summary: dict, out_dir: Path, n_examples: int, seed: int) -> dict[str, Path]:
+    """The report's figures; `boosted` maps a model to the name of its boosted maps (if any), which
+    are drawn beside it (same histogram panel, next scatter panel)."""
     compared = [n for n in maps if n != ref_name]
+    models = [n for n in compared if n not in boosted.values()]
     pos, neg = labels == 1, labels == 0
     figures = {"histograms": histogram_figure(
         {"positive classes": {n: m[pos].flatten().numpy() for n, m in maps.items()},
-         "negative classes": {n: m[neg].flatten().numpy() for n, m in maps.items()}}, out_dir / "histograms.png")}
+         "negative classes": {n: m[neg].flatten().numpy() for n, m in maps.items()}}, ref_name,
+        [(n, boosted.get(n)) for n in models], out_dir / "histograms.png")}
     gen = torch.Generator().manual_seed(seed)
     ref_values = maps[ref_name].flatten()
     positive = labels[..., None, None].expand_as(maps[ref_name]).flatten() == 1
     pick = torch.randperm(ref_values.numel(), generator=gen)[:5000]
+    paired = [n for m in models for n in (m, boosted.get(m)) if n is not None]  # a model, then its boosted maps
     figures["scatter"] = scatter_figure(
-        {n: (ref_values[pick].numpy(), maps[n].flatten()[pick].numpy(), positive[pick].numpy()) for n in compared},
-        ref_name, out_dir / "scatter.png")
-    figures["class_ratios"] = bar_figure(
-        {n: summary["gap"][n]["scale"]["peak"]["per_class_positive"] for n in compared}, class_names,
-        out_dir / "class_ratios.png", f"peak ratio to {ref_name} (positives)", reference_line=1.0)
+        {n: (ref_values[pick].numpy(), maps[n].flatten()[pick].numpy(), positive[pick].numpy()) for n in paired},
+        ref_name, out_dir / "scatter.png", columns=2 if boosted else 4)
+    figures["class_ratios"] = ratio_figure(
+        {n: summary["gap"][n]["scale"]["peak"]["per_class_positive"] for n in paired}, class_names,
+        out_dir / "class_ratios.png", f"Peak attribution relative to {ref_name}, per class (positive pairs)")
     rows = []
     ref_peaks = peak(maps[ref_name])
     for i in torch.nonzero(pos.any(dim=1))[:n_examples, 0].tolist():
@@ -310,7 +326,8 @@ def write_report(summary: dict, figures: dict[str, Path], out_dir: Path) -> None
                       for n, s in summary["localization"].items()])
     report.heading("Figures")
     captions = {"examples": "Example maps; each row shares one colour scale (CAM units).",
-                "histograms": "Distribution of CAM values at every position, positive vs negative classes.",
+                "histograms": f"Distribution of CAM values at every position, positive vs negative classes: one row per "
+                              f"model, over {ref}'s (grey).",
                 "scatter": f"CAM value of {ref} (x) vs each model (y) at the same positions (5,000 sampled).",
                 "class_ratios": f"Per-class peak ratio to {ref} on positive pairs (1 = same scale)."}
     for key, caption in captions.items():

@@ -10,9 +10,9 @@ import torch
 
 from ..activation import boostlu
 from ..checkpoint import load_model
-from ..data.images import decode
 from ..errors import PamcError
-from .cams import as_size, cams, resize_batch, resolve_classes, resolve_device, upsample
+from .cams import (as_size, cams, file_images, resolve_classes, resolve_device, split_image_names, split_images,
+                   top_classes, upsample)
 from .figures import overlay_figure
 
 
@@ -83,26 +83,18 @@ def explain_command(checkpoint: str | Path, images, out: str | Path, top_k: int 
     model, meta = load_model(checkpoint, resolve_device(device))
     class_names = [str(n) for n in meta.class_names or range(model.num_classes)]
     alpha = meta.test_alpha if alpha is None else float(alpha)
-    if int(top_k) < 1 and classes is None:
-        raise PamcError(f"top_k must be >= 1 (got {top_k})")
     picked = None if classes is None else resolve_classes(classes, class_names, model.num_classes)
-    from ..inference import image_paths
-
     size = as_size(image_size or meta.image_size)
     if hasattr(images, "images"):  # a dataset split
         count = min(int(max_images), len(images))
-        files = [Path(str(n)) for n in (images.names or [f"image{i:05d}" for i in range(len(images))])[:count]]
-        pictures = [resize_batch(images.images[i][None], size)[0] for i in range(count)]
+        files = [Path(n) for n in split_image_names(images, count)]
+        pictures = split_images(images, count, size)
     else:
-        files = image_paths([str(images)] if isinstance(images, (str, Path)) else [str(i) for i in images])
-        pictures = [resize_batch(decode(f)[None], size)[0] for f in files]
+        files, pictures = file_images([images] if isinstance(images, (str, Path)) else images, size)
     raw = [cams(model, p)[0] for p in pictures]
     logits = torch.stack([model.logits_from_cams(m[None], alpha)[0] for m in raw])
     probs = torch.sigmoid(logits)
-    if picked is None:
-        picked_per_image = probs.topk(min(int(top_k), model.num_classes), dim=1).indices.tolist()
-    else:
-        picked_per_image = [picked] * len(files)
+    picked_per_image = top_classes(probs, top_k) if picked is None else [picked] * len(files)
     shown = [boostlu(m, alpha) for m in raw] if boosted else raw
     out = Path(out)
     written = save_overlays(pictures, shown, out, class_names, [f.stem for f in files], vmax, picked_per_image,
