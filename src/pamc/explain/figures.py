@@ -5,6 +5,7 @@ display, so the tools work the same on a headless training server.
 """
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
@@ -80,12 +81,16 @@ def histogram_figure(values: Mapping[str, Mapping[str, np.ndarray]], reference: 
     compared model, one column per group of `values` ({group: {model: values}}, e.g. positive /
     negative classes).  Each panel shows the reference (grey, filled), the model and, where
     `compared` pairs it with the name of its boosted maps, those (dashed).  Bins are shared per
-    group and the x axis by all panels, so the rows compare directly; the legend sits above."""
+    group (over its central 99 %) and the x axis by all panels, so the rows compare directly; the
+    legend sits above the panels."""
     groups = list(values)
     fig = Figure(figsize=(4.6 * len(groups), 1.55 * len(compared) + 0.9), layout="constrained")
     axes = fig.subplots(len(compared), len(groups), squeeze=False, sharex=True)
-    edges = {g: np.histogram_bin_edges(np.concatenate([v for v in values[g].values() if v.size] or [np.zeros(1)]),
-                                       bins=bins) for g in groups}
+    edges = {}
+    for g in groups:  # over the central 99 % of the group's values: rare outliers would squash the rest
+        pooled = np.concatenate([v for v in values[g].values() if v.size] or [np.zeros(1)])
+        lo, hi = np.percentile(pooled, [0.5, 99.5])
+        edges[g] = np.linspace(lo, hi if hi > lo else lo + 1, bins + 1)
     for r, (name, boosted) in enumerate(compared):
         for c, group in enumerate(groups):
             ax, series = axes[r, c], values[group]
@@ -100,9 +105,9 @@ def histogram_figure(values: Mapping[str, Mapping[str, np.ndarray]], reference: 
             if r == 0:
                 ax.set_title(group, fontsize=10)
             if c == 0:
-                ax.set_ylabel(name, fontsize=9, fontweight="bold")
+                ax.set_ylabel(textwrap.fill(name, 16), fontsize=9, fontweight="bold")
     for ax in axes[-1]:
-        ax.set_xlabel(CAM_UNITS, fontsize=9)
+        ax.set_xlabel(f"{CAM_UNITS}, central 99 % of the values", fontsize=9)
     fig.supylabel("density", fontsize=9)
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside upper center", ncol=len(labels), fontsize=9, frameon=False)
@@ -138,14 +143,15 @@ def ratio_figure(values: Mapping[str, Sequence[Optional[float]]], categories: Se
                  title: str) -> Path:
     """Ratios to a reference as a models x categories table of coloured, numbered cells (readable
     at any number of models, unlike grouped bars): colour on a log scale centred on 1 (blue below,
-    red above), None / NaN = no pair to compare (grey, "-")."""
+    red above, saturating at 16x either way; the numbers stay exact), None / NaN = no pair to
+    compare (grey, "-")."""
     from matplotlib.colors import LogNorm
 
     table = np.array([[np.nan if v is None else v for v in row] for row in values.values()], dtype=float)
     finite = table[np.isfinite(table) & (table > 0)]
     spread = float(np.abs(np.log(finite)).max()) if finite.size else 1.0
-    spread = max(spread, np.log(1.25))
-    norm = LogNorm(np.exp(-spread), np.exp(spread))
+    spread = min(max(spread, np.log(1.25)), np.log(16))
+    norm = LogNorm(np.exp(-spread), np.exp(spread), clip=True)
     fig = Figure(figsize=(max(4.5, 0.62 * len(categories) + 2.8), 0.38 * len(values) + 1.5), layout="constrained")
     ax = fig.add_subplot()
     ax.set_facecolor("0.88")
@@ -153,7 +159,7 @@ def ratio_figure(values: Mapping[str, Sequence[Optional[float]]], categories: Se
     for (r, c), v in np.ndenumerate(table):
         if np.isfinite(v):
             dark = abs(np.log(max(v, 1e-12))) > 0.6 * spread
-            ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=8, color="white" if dark else "black")
+            ax.text(c, r, f"{v:.3g}", ha="center", va="center", fontsize=8, color="white" if dark else "black")
         else:
             ax.text(c, r, "-", ha="center", va="center", fontsize=8, color="0.4")
     ax.set_xticks(range(len(categories)), categories, rotation=45 if max(map(len, categories), default=0) > 3 else 0,
@@ -162,7 +168,7 @@ def ratio_figure(values: Mapping[str, Sequence[Optional[float]]], categories: Se
     ax.set_xlabel("class", fontsize=9)
     ax.set_title(title, fontsize=10)
     bar = fig.colorbar(image, ax=ax, label="ratio (log scale; 1 = same)", shrink=0.9)
-    ticks = [2.0 ** k for k in range(-8, 9) if norm.vmin <= 2.0 ** k <= norm.vmax]
+    ticks = [2.0 ** k for k in range(-4, 5) if norm.vmin <= 2.0 ** k <= norm.vmax * (1 + 1e-9)]
     bar.set_ticks(ticks, labels=[f"{t:g}" for t in ticks])
     bar.minorticks_off()
     return save(fig, path)
