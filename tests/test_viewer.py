@@ -24,7 +24,7 @@ from matplotlib import colormaps
 from PIL import Image
 
 from pamc import train
-from pamc.boostlu import boostlu
+from pamc.activation import boostlu
 from pamc.checkpoint import load_model
 from pamc.cli import main
 from pamc.data.transforms import normalize_uint8
