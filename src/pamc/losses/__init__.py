@@ -21,6 +21,6 @@ def names() -> list[str]:
     return LOSSES.names()
 
 
-from . import assume_negative, asymmetric, entropy, expected_positive, large_loss  # noqa: E402,F401  (registration)
+from . import assume_negative, asymmetric, entropy, expected_positive, gr, large_loss, robust  # noqa: E402,F401  (registration)
 
 __all__ = ["build", "names", "register", "PartialLabelLoss", "LOSSES"]
