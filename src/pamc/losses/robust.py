@@ -7,9 +7,11 @@ cost of a confident negative, focal margin shifts the positives' logits by a mar
 confident unobserved predictions into positives for the current step.  Hill's positive term and
 SPLC's loss are focal margin, so they share ``focal_margin``.
 
-Reduction: the reference sums over the batch, and so does pamc by default (``reduction: sum``).
-A sum makes the gradient B*C times that of the mean, so the same learning rate acts B*C times
-larger; ``reduction: mean`` puts these losses on the scale of the other pamc losses.
+Reduction: the reference sums over the batch, and so does pamc by default (``reduction: sum``);
+``reduction: mean`` puts these losses on the scale of the other pamc losses.  The sum's gradient
+is B*C times the mean's, so under SGD the same learning rate acts B*C times larger.  Adam, which
+pamc trains with, divides the gradient by its running scale, so there the choice changes the
+step little (through Adam's epsilon, and the smaller last batch that a sum weighs less).
 """
 from __future__ import annotations
 
