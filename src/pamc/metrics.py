@@ -1,4 +1,5 @@
-"""Average precision and mAP: fully labelled, partially annotated (OpenImages) and per frequency group.
+"""Average precision and mAP: fully labelled, partially annotated (OpenImages) and per frequency group;
+and the thresholded precision / recall / F1 reported beside mAP (CP, CR, CF1, OP, OR, OF1).
 
 Every per-class AP equals ``sklearn.metrics.average_precision_score`` on that column
 (non-interpolated step sum, tied scores form one threshold; spec section 4).  Per class it costs
@@ -16,10 +17,13 @@ the same values.
 """
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 import torch
 
 from .errors import PamcError
+from .sparse_labels import SparseLabels
 
 # Entries (images x classes) in one block of columns; its copies (transposed scores, a label
 # mask) take 5-10 bytes per entry, so a block stays near 100-150 MB.
@@ -91,6 +95,167 @@ def split_map(scores, targets) -> float:
     if (targets < 0).any():
         return partial_mean_average_precision(scores, targets)
     return mean_average_precision(scores, targets)
+
+
+def multilabel_metrics(scores, targets, threshold=0.5, top_k=None, zero_division=0.0) -> dict:
+    """{"CP", "CR", "CF1", "OP", "OR", "OF1"} in percent (ML-GCN, CVPR'19; spec since-2023 4).
+
+    Predicted positive: score >= `threshold` (0.5 for probabilities, 0 for logits); with `top_k`
+    = k it must also be among the k highest scores of its image, as in ML-GCN's top-3 code;
+    threshold None keeps the k highest alone.  Ties at the k-th score go to the lower class
+    index.  From TP, FP, FN per class: CP and CR are the means over the classes of TP/(TP+FP)
+    and TP/(TP+FN), CF1 = 2 CP CR / (CP + CR) (the harmonic mean of the two means, not the mean
+    of per-class F1s); OP, OR, OF1 the same with the counts pooled over the classes.
+
+    `zero_division` is what a ratio with nothing to count gives: the precision of a class with no
+    predicted positive, the recall of a class with no positive, OP / OR without any.  0 (the
+    default: ML-GCN's code for precision, and sklearn's ``zero_division=0``) counts it as 0 in its
+    mean; nan leaves it out of the mean (sklearn's ``zero_division=np.nan``); 1 counts it as 1.
+    Either way precision and recall are treated alike.  (ML-GCN's recall would be NaN there; the
+    COCO classes it was written for all have test positives.)
+
+    Targets as for mAP: 0/1 (anything but 1 negative), or partial labels 1 / -1 / 0 = not
+    annotated, dense or a `SparseLabels` store; as in `split_map`, any -1 (or a sparse store) means
+    partial.  Partial labels count only annotated entries, and a class without any
+    annotated image leaves the class means, as it leaves partial mAP.  The top k are still taken
+    over all C scores of an image.
+    """
+    _check_options(threshold, top_k, zero_division)
+    scores, labels = _prepared(scores, targets)
+    return _summary(*_counts(scores, labels, threshold, top_k), zero_division)
+
+
+def standard_metrics(scores, targets, threshold=0.5, top_k=3, zero_division=0.0) -> dict:
+    """The thresholded metrics stored beside mAP: `multilabel_metrics` at `threshold` ("CP", ...,
+    "OF1") and its top-k variant ("CP@3", ..., "OF1@3"), each in percent."""
+    _check_options(threshold, top_k, zero_division)
+    scores, labels = _prepared(scores, targets)
+    plain = _summary(*_counts(scores, labels, threshold, None), zero_division)
+    top = _summary(*_counts(scores, labels, threshold, top_k), zero_division)
+    return {**plain, **{f"{key}@{top_k}": value for key, value in top.items()}}
+
+
+def _check_options(threshold, top_k, zero_division) -> None:
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
+        raise PamcError(f"top_k must be a positive integer or None (got {top_k!r})")
+    if threshold is None and top_k is None:
+        raise PamcError("threshold None predicts every label; give a threshold (e.g. 0.5), a top_k, or both")
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, numbers.Real)
+                                  or not np.isfinite(threshold)):
+        raise PamcError(f"threshold must be a finite number or None (got {threshold!r})")
+    if (isinstance(zero_division, bool) or not isinstance(zero_division, numbers.Real)
+            or not (zero_division in (0, 1) or np.isnan(zero_division))):
+        raise PamcError(f"zero_division must be 0, 1 or nan (got {zero_division!r})")
+
+
+def _prepared(scores, targets):
+    """(scores, labels): labels are a dense targets matrix (full labels) or, for partial labels,
+    the annotated entries (row, column, positive) in row order."""
+    scores = _as_matrix(scores, "scores")
+    if isinstance(targets, SparseLabels):
+        shape = targets.shape
+    else:
+        targets = _as_matrix(targets, "targets")
+        shape = tuple(targets.shape)
+    if tuple(scores.shape) != shape:
+        raise PamcError(f"scores have shape {tuple(scores.shape)} but targets have shape {shape}; "
+                        "pass one row per image and one column per class in both")
+    if isinstance(targets, SparseLabels):
+        current = targets.subset(np.arange(len(targets)))  # current labels, soft negatives as -1
+        rows = np.repeat(np.arange(len(targets)), np.diff(current.indptr))
+        entries = rows, current.cols.astype(np.int64), current.initial == 1
+    elif bool((targets < 0).any()):
+        entries = _dense_entries(targets)
+    else:
+        return scores, targets
+    if entries[2].all():
+        raise PamcError("partial labels contain no -1 (annotated negative), so every precision would be trivial; "
+                        "0 means 'not annotated' here -- pass 0/1 test labels for full labels")
+    return scores, entries
+
+
+def _dense_entries(labels):
+    """Annotated entries (row, column, positive) of a dense 1 / -1 / 0 matrix, read in row blocks."""
+    num_images, num_classes = labels.shape
+    step = max(1, _CHUNK_ELEMENTS // num_classes)
+    parts = []
+    for start in range(0, num_images, step):
+        y = _host(labels[start:start + step])
+        rows, cols = np.nonzero(y)
+        values = y[rows, cols]
+        if not np.isin(values, (1, -1)).all():
+            raise PamcError(f"partial labels may hold only 1 (positive), -1 (annotated negative), 0 (not annotated); "
+                            f"found {np.unique(values[~np.isin(values, (1, -1))])[:5].tolist()}")
+        parts.append((rows + start, cols, values == 1))
+    return tuple(np.concatenate(a) for a in zip(*parts))
+
+
+def _counts(scores, labels, threshold, top_k):
+    """Per class: true positives, predicted positives, positives, and whether it is evaluated."""
+    num_images, num_classes = scores.shape
+    step = max(1, _CHUNK_ELEMENTS // num_classes)
+    if not isinstance(labels, tuple):  # full labels: every entry, one block of rows at a time
+        counts = np.zeros((3, num_classes), dtype=np.int64)
+        for start in range(0, num_images, step):
+            block = slice(start, start + step)
+            predicted = _predicted(_finite(_host(scores[block])), threshold, top_k)
+            positive = _host(labels[block]) == 1
+            counts += [np.count_nonzero(predicted & positive, axis=0), np.count_nonzero(predicted, axis=0),
+                       np.count_nonzero(positive, axis=0)]
+        return (*counts, np.ones(num_classes, dtype=bool))
+    rows, cols, positive = labels
+    if top_k is None:  # only the annotated scores are read
+        predicted = _finite(_entries(scores, rows, cols)) >= threshold
+    else:  # the top k need whole rows
+        predicted = np.empty(rows.size, dtype=bool)
+        for start in range(0, num_images, step):
+            lo, hi = np.searchsorted(rows, [start, start + step])
+            block = _predicted(_finite(_host(scores[start:start + step])), threshold, top_k)
+            predicted[lo:hi] = block[rows[lo:hi] - start, cols[lo:hi]]
+    per_class = [np.bincount(cols[mask], minlength=num_classes) for mask in (predicted & positive, predicted, positive)]
+    return (*per_class, np.bincount(cols, minlength=num_classes) > 0)
+
+
+def _predicted(scores: np.ndarray, threshold, top_k) -> np.ndarray:
+    """Predicted positives of a block of rows: score >= threshold and/or among the row's top k."""
+    predicted = np.ones(scores.shape, dtype=bool) if threshold is None else scores >= threshold
+    if top_k is not None and top_k < scores.shape[1]:
+        predicted &= _top_k(scores, top_k)
+    return predicted
+
+
+def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Mask of the k highest scores of each row, ties at the k-th score going to the lower class
+    index: one partition per row, and a cumulative count only in rows with too many ties."""
+    kth = np.partition(scores, scores.shape[1] - k, axis=1)[:, scores.shape[1] - k, None]
+    above, tied = scores > kth, scores == kth
+    room = k - np.count_nonzero(above, axis=1)
+    crowded = np.count_nonzero(tied, axis=1) > room
+    if crowded.any():
+        tied[crowded] &= np.cumsum(tied[crowded], axis=1) <= room[crowded, None]
+    return above | tied
+
+
+def _summary(tp, predicted, positive, evaluated, zero_division) -> dict:
+    tp, predicted, positive = tp[evaluated], predicted[evaluated], positive[evaluated]
+    cp, cr = _mean_ratio(tp, predicted, zero_division), _mean_ratio(tp, positive, zero_division)
+    op = _mean_ratio(tp.sum(keepdims=True), predicted.sum(keepdims=True), zero_division)
+    recall = _mean_ratio(tp.sum(keepdims=True), positive.sum(keepdims=True), zero_division)
+    values = {"CP": cp, "CR": cr, "CF1": _harmonic(cp, cr), "OP": op, "OR": recall, "OF1": _harmonic(op, recall)}
+    return {key: 100.0 * value for key, value in values.items()}
+
+
+def _mean_ratio(num: np.ndarray, den: np.ndarray, zero_division) -> float:
+    """Mean of num / den, a zero denominator giving `zero_division` (NaN: left out; all NaN: NaN)."""
+    ratios = np.divide(num, den, out=np.full(num.shape, float(zero_division)), where=den > 0)
+    kept = ratios[~np.isnan(ratios)]
+    return float(kept.mean()) if kept.size else float("nan")
+
+
+def _harmonic(p: float, r: float) -> float:
+    if np.isnan(p) or np.isnan(r):
+        return float("nan")
+    return 2 * p * r / (p + r) if p + r > 0 else 0.0
 
 
 def _per_class_ap(scores, labels, partial: bool) -> np.ndarray:
