@@ -128,6 +128,14 @@ def test_top_k_matches_a_stable_sort_with_ties(k, threshold):
     assert_metrics(multilabel_metrics(scores, targets, threshold=threshold, top_k=k), sklearn_metrics(expected, targets))
 
 
+@pytest.mark.parametrize("dtype", [np.int64, np.uint16, np.float16, np.bool_])
+def test_top_k_on_scores_of_other_types(dtype):
+    scores, targets = random_case(seed=9)
+    typed = (scores * 10).astype(dtype) if dtype != np.bool_ else scores >= 0.5
+    expected = reference_top_k(typed.astype(np.float64), 3) & (typed >= 0.5)
+    assert_metrics(multilabel_metrics(typed, targets, top_k=3), sklearn_metrics(expected, targets))
+
+
 def partial_labels(targets, fraction, seed=2):
     rng = np.random.default_rng(seed)
     labels = np.where(targets == 1, 1, -1)
