@@ -209,8 +209,9 @@ def main():
     labels = sparse_partial_case(scores, per_image=10, rng=rng)
     scores[labels == 1] += 0.3
     sparse = SparseLabels.from_dense(labels)
-    metric_rows = [run_metrics_case("partial, dense 1/0/-1", scores, labels, labels, 100 if args.quick else 500, repeats),
-                   run_metrics_case("partial, SparseLabels", scores, sparse, labels, 100 if args.quick else 500, repeats)]
+    sklearn_classes = 100 if args.quick else 500
+    metric_rows = [run_metrics_case("partial, dense 1/0/-1", scores, labels, labels, sklearn_classes, repeats),
+                   run_metrics_case("partial, SparseLabels", scores, sparse, labels, sklearn_classes, repeats)]
     if args.metrics_only:
         print_metrics_table(metric_rows)
         return

@@ -208,7 +208,8 @@ def test_gr_schedule(n, epoch, expected):
 def test_gr_gets_num_epochs_from_the_run_and_selects_nothing():
     loss = build_loss(TrainConfig(method="gr", epochs=5), 4, 3, torch.zeros(4, 3))
     assert loss.num_epochs == 5 and loss.linear_init_epochs == 0
-    assert loss.beta == (0.0, 2.0, -2.0, -2.0) and loss.gauss == (0.5, 2.0, 0.8, 0.5) and (loss.q2, loss.q3) == (0.01, 1.0)
+    assert loss.beta == (0.0, 2.0, -2.0, -2.0) and loss.gauss == (0.5, 2.0, 0.8, 0.5)
+    assert (loss.q2, loss.q3) == (0.01, 1.0)
     run(loss)
     assert not loss.last_selected.any() and loss.label_updates is None
 

@@ -9,11 +9,15 @@ a time (scores transposed so each class is contiguous); blocks bound the extra m
 hundred MB) whatever the number of classes, and for partial labels only the annotated scores
 are read, so the OpenImages test shape (125k x 5k) stays cheap.
 
+The thresholded metrics are counts: one pass over blocks of rows, or for partial labels over
+the annotated entries only; their top-k variant needs each row's k-th score, the one full
+pass over the scores (3-5 s at 125k x 5k on a busy 2-core machine; benchmarks/bench_eval.py).
+
 The work is numpy on the CPU: single-threaded SIMD sorts, no thread pool that stalls when
-data-loader workers keep the cores busy.  Inputs are numpy arrays or torch tensors (any
-device, copied to the host block by block) of shape (images x classes).  Scores keep their
-type (no rounding merges two scores) and precision is float64, so the APs equal sklearn's on
-the same values.
+data-loader workers keep the cores busy (the top-k values alone use torch.topk).  Inputs are
+numpy arrays or torch tensors (any device, copied to the host block by block) of shape
+(images x classes).  Scores keep their type (no rounding merges two scores) and precision is
+float64, so the APs equal sklearn's on the same values.
 """
 from __future__ import annotations
 
