@@ -14,7 +14,6 @@ from pamc.losses import build
 E = math.e
 # probabilities [[0.75, 0.5, 0.25], [0.1, 0.9, 0.5]]; (0, 0) and (1, 1) observed positive, (1, 2) negative
 LOGITS = [[math.log(3), 0.0, -math.log(3)], [-math.log(9), math.log(9), 0.0]]
-PROBS = [[0.75, 0.5, 0.25], [0.1, 0.9, 0.5]]
 OBSERVED = [[1.0, 0.0, 0.0], [0.0, 1.0, -1.0]]
 
 
@@ -31,7 +30,7 @@ def random_case(seed, b=8, c=6):
 
 # -- references from the spec's formulas, float64 torch (so autograd gives reference gradients)
 
-def ref_focal_margin(x, t, shifted, gamma=2.0):
+def ref_focal_margin(t, shifted, gamma=2.0):
     q = torch.sigmoid(shifted)
     pt = (1 - q) * t + q * (1 - t)
     return -(pt ** gamma) * (t * torch.log(q) + (1 - t) * torch.log(1 - q))
@@ -49,7 +48,7 @@ def ref_splc(x, obs, epoch, tau=0.6, change_epoch=2, m=1.0, gamma=2.0):
     shifted = torch.where(t == 1, x - m, x)
     if epoch >= change_epoch:  # pamc: observed negatives are never corrected
         t = torch.where((obs == 0) & (torch.sigmoid(shifted) > tau), torch.ones_like(t), t)
-    return ref_focal_margin(x, t, shifted, gamma).sum()
+    return ref_focal_margin(t, shifted, gamma).sum()
 
 
 def ref_gr_schedule(e, E_, n, beta, gauss):
@@ -72,7 +71,7 @@ def ref_gr(x, obs, epoch, E_=8, n=0, beta=(0, 2, -2, -2), gauss=(0.5, 2, 0.8, 0.
 
 REFERENCES = {
     "hill": lambda x, obs, epoch: ref_hill(x, obs),
-    "focal-margin": lambda x, obs, epoch: ref_focal_margin(x, (obs == 1).double(), x - (obs == 1).double()).sum(),
+    "focal-margin": lambda x, obs, epoch: ref_focal_margin((obs == 1).double(), x - (obs == 1).double()).sum(),
     "splc": lambda x, obs, epoch: ref_splc(x, obs, epoch),
     "gr": lambda x, obs, epoch: ref_gr(x, obs, epoch),
 }
