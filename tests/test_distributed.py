@@ -3,8 +3,8 @@
 The same global batches are trained once in this process and once by `torchrun --nproc_per_node 2`
 running this file as a script.  Compared: LL-Cp's selected entries at every step (each rank's
 share concatenated in rank order), its permanent label corrections (in the store and in
-last/state.pt), the logged epoch numbers and val/test mAP, and ROLE's label estimates (a loss
-parameter outside DDP).  The scene-cnn-gn backbone normalises per image, so splitting a batch
+last/state.pt), the logged epoch numbers and val/test mAP, ROLE's label estimates (a loss
+parameter outside DDP), and Hill's, whose default reduction is a sum over the global batch.  The scene-cnn-gn backbone normalises per image, so splitting a batch
 changes nothing but float rounding.  95 training images in batches of 16 end with a partial
 batch (split 8/7), and 33/31 val/test images shard unevenly for evaluation.
 """
@@ -29,7 +29,7 @@ from pamc.losses import build as build_loss
 
 SCENES = {"n_train": 95, "n_val": 33, "n_test": 31, "canvas": 32, "object_scale": [10, 14]}
 EPOCHS = 3
-METHODS = {"ll-cp": {"delta": 5}, "role": {"k": 1.5}}
+METHODS = {"ll-cp": {"delta": 5}, "role": {"k": 1.5}, "hill": {}}
 TOLERANCE = 1e-4
 
 
