@@ -3,9 +3,10 @@
 The same global batches are trained once in this process and once by `torchrun --nproc_per_node 2`
 running this file as a script.  Compared: LL-Cp's selected entries at every step (each rank's
 share concatenated in rank order), its permanent label corrections (in the store and in
-last/state.pt), the logged epoch numbers and val/test mAP, ROLE's label estimates (a loss
-parameter outside DDP), and Hill's, whose default reduction is a sum over the global batch.  The scene-cnn-gn backbone normalises per image, so splitting a batch
-changes nothing but float rounding.  95 training images in batches of 16 end with a partial
+last/state.pt), the logged epoch numbers, losses and val/test mAP (also of Hill, whose default
+reduction is a sum over the global batch), and ROLE's label estimates (a loss parameter outside
+DDP).  The scene-cnn-gn backbone normalises per image, so splitting a batch changes nothing but
+float rounding.  95 training images in batches of 16 end with a partial
 batch (split 8/7), and 33/31 val/test images shard unevenly for evaluation.
 """
 from __future__ import annotations
