@@ -107,6 +107,31 @@ def test_eval_prints_a_table_per_alpha_and_writes_per_class_ap(cli_run, tiny_bun
     np.testing.assert_allclose(got, 100 * np.stack([aps[1.0], aps[5.0]], axis=1), atol=1e-3)
 
 
+def test_eval_and_results_hold_the_standard_metrics(cli_run, tiny_bundle, tmp_path):
+    from sklearn.metrics import precision_score, recall_score
+
+    out, _, _ = cli_run
+    test = tiny_bundle.test
+    images = test.images.take(torch.arange(len(test)))
+    scores = scores_of(out / "best", images, 1.0)
+    predicted = (scores >= 0.5).astype(int)
+    want = {"CP": precision_score(test.full, predicted, average="macro", zero_division=0) * 100,
+            "CR": recall_score(test.full, predicted, average="macro", zero_division=0) * 100,
+            "OP": precision_score(test.full, predicted, average="micro", zero_division=0) * 100,
+            "OR": recall_score(test.full, predicted, average="micro", zero_division=0) * 100}
+    code, stdout = run_main(["eval", out, "--alpha", "1", "--out", tmp_path / "eval.json", "--device", "cpu"])
+    assert code == 0 and "| alpha | mAP | CP | CR | CF1 | OP | OR | OF1 | CF1@3 | OF1@3 |" in stdout
+    row = json.loads((tmp_path / "eval.json").read_text())["rows"][0]
+    for key, value in want.items():
+        assert row[key] == pytest.approx(value, abs=1e-6), key
+    assert row["CF1"] == pytest.approx(2 * want["CP"] * want["CR"] / (want["CP"] + want["CR"]), abs=1e-6)
+    # results.json of the run: the same metrics on the test split at the run's evaluation alpha
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["test_metrics"]) == {k for k in row if k not in ("alpha", "map")}
+    assert results["test_metrics"]["CP"] == pytest.approx(want["CP"], abs=1e-4)
+    assert run_main(["eval", out, "--out", tmp_path / "eval.txt", "--device", "cpu"])[0] == 2
+
+
 def test_predict_writes_one_score_column_per_class(cli_run, tiny_bundle, tmp_path):
     out, _, _ = cli_run
     folder = tmp_path / "images"

@@ -20,7 +20,7 @@ import yaml
 import fixtures_datasets as fx
 from pamc import losses
 from pamc.cli import main
-from pamc.demo import CORE_ROWS, Row, baseline_rows
+from pamc.demo import CORE_ROWS, baseline_rows
 
 K = 2.0  # EPR / ROLE expected positives, given explicitly: the miniature formats have few classes
 DEMO = {row.slug: row for row in CORE_ROWS + baseline_rows()}
@@ -31,11 +31,9 @@ DEMO["em-apl"] = replace(DEMO["em-apl"], loss={"warmup": 1})
 ROWS = {slug: (row, []) for slug, row in DEMO.items()}
 ROWS["role-li"] = (DEMO["role"], ["--linear-init", "{epochs: 2, batch_size: 8}"])
 ROWS["role-li-set"] = (DEMO["role"], ["--set", "linear_init.epochs=2"])
-# the since-2023 losses (spec since-2023 2-3), until the demo grid has rows for them
-for _row in (Row("GR", "gr", slug="gr"), Row("Hill", "hill", slug="hill"),
-             Row("SPLC", "splc", loss={"tau": 0.6}, slug="splc"),
-             Row("Focal margin", "focal-margin", loss={"reduction": "mean"}, slug="focal-margin")):
-    ROWS[_row.slug] = (_row, [])
+# the robust losses once more with their mean reduction and an explicit tau
+ROWS["focal-margin-mean"] = (replace(DEMO["focal-margin"], loss={"reduction": "mean"}), [])
+ROWS["splc-tau"] = (replace(DEMO["splc"], loss={"tau": 0.65}), [])
 REPRESENTATIVE = ["full", "an", "ll-cp-boost", "role", "em-apl"]
 
 

@@ -108,11 +108,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise PamcError("give a checkpoint (run folder) or --torchvision ARCH=WEIGHTS_FILE")
     alphas = args.alpha or ([args.boost_alpha] if args.boost_alpha else None)
     out = evaluate_checkpoint(args.checkpoint, split=args.split, alphas=alphas, data=data, device=args.device,
-                              per_class_csv=args.per_class_csv, model=model, meta=meta)
-    print(f"{out['dataset']} {out['split']}:")
-    print("| alpha | mAP |\n|---:|---:|")
+                              per_class_csv=args.per_class_csv, model=model, meta=meta, out=args.out)
+    print(f"{out['dataset']} {out['split']} (metrics in %; CP ... OF1 at score >= 0.5, @3: also among an image's top 3):")
+    keys = ["map", "CP", "CR", "CF1", "OP", "OR", "OF1", "CF1@3", "OF1@3"]
+    print("| alpha | " + " | ".join("mAP" if k == "map" else k for k in keys) + " |\n|---:|" + "---:|" * len(keys))
     for row in out["rows"]:
-        print(f"| {row['alpha']:g} | {row['map']:.2f} |")
+        print(f"| {row['alpha']:g} | " + " | ".join(f"{row[k]:.2f}" for k in keys) + " |")
+    if args.out:
+        print(f"every metric written to {args.out}")
     if args.per_class_csv:
         print(f"per-class AP written to {args.per_class_csv}")
     return 0
@@ -289,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--boost-alpha", type=float, help="BoostLU alpha for --torchvision models")
     p.add_argument("--alpha", type=float, nargs="+", help="evaluation alphas (default: the checkpoint's)")
     p.add_argument("--per-class-csv", help="write per-class AP here")
+    p.add_argument("--out", help="write every metric per alpha here (.json or .csv)")
     add_data_flags(p, "test", "evaluate on other data")
 
     p = sub.add_parser("predict", help="per-class scores for image files or folders")

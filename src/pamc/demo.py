@@ -51,8 +51,9 @@ CORE_ROWS = [
 
 
 def baseline_rows() -> list[Row]:
-    """The other rows of the paper's table (`pamc demo --all`); EPR/ROLE get the scenes' true k
-    from the scenes themselves (`info["expected_positives"]`)."""
+    """The other rows of the paper's table and the methods published since (`pamc demo --all`),
+    each with its reference defaults; EPR/ROLE get the scenes' true k from the scenes themselves
+    (`info["expected_positives"]`)."""
     return [
         Row("LS", "an-ls", slug="an-ls"),
         Row("WAN", "wan", slug="wan"),
@@ -62,6 +63,10 @@ def baseline_rows() -> list[Row]:
         Row("ROLE + LI", "role", slug="role-li", settings={"linear_init": {"epochs": 25, "lr": 1e-3, "batch_size": 16}}),
         Row("EM", "em", slug="em"),
         Row("EM + APL", "em-apl", loss={"warmup": 2}, slug="em-apl"),
+        Row("GR", "gr", slug="gr"),
+        Row("Hill", "hill", slug="hill"),
+        Row("SPLC", "splc", slug="splc"),
+        Row("Focal margin", "focal-margin", slug="focal-margin"),
     ]
 
 

@@ -31,7 +31,7 @@ from .distributed import GlobalBatches
 from .errors import PamcError
 from .labels import LabelStore, label_store, observe
 from .losses.base import PartialLabelLoss
-from .metrics import split_map
+from .metrics import split_map, standard_metrics
 from .models import CamClassifier
 from .runtime import Runtime, predict, unwrap
 
@@ -319,8 +319,10 @@ class Run:
         load_weights(self.model, self.folder.best / MODEL_FILE)
         test = self.bundle.test
         test_targets = test.full if test.full is not None else test.observed
+        scores = self.predict(test)
         results = {"method": self.cfg.method, "train_alpha": self.cfg.alpha, "eval_alpha": self.cfg.test_alpha,
-                   "test_map": split_map(self.predict(test), test_targets), "val_map": self.best_map,
+                   "test_map": split_map(scores, test_targets), "test_metrics": standard_metrics(scores, test_targets),
+                   "val_map": self.best_map,
                    "best_epoch": self.best_epoch, "epochs": self.cfg.epochs, "seed": self.cfg.seed,
                    "dataset": self.bundle.name, "world_size": self.rt.dist.world_size,
                    "stored_label_edits": self.store.num_edits()}

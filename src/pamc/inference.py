@@ -12,7 +12,8 @@ from .checkpoint import CheckpointMeta, load_model, read_meta, resolve_checkpoin
 from .data import load_bundle
 from .errors import PamcError
 from .labels import observe
-from .metrics import average_precision, split_map
+from .files import write_json
+from .metrics import average_precision, split_map, standard_metrics
 from .runtime import Runtime, predict
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
@@ -53,13 +54,17 @@ def check_split(split: str) -> None:
 
 def evaluate_checkpoint(checkpoint: str, split: str = "test", alphas: Optional[Sequence[float]] = None,
                         data: Optional[dict] = None, device: str = "auto", per_class_csv: Optional[str] = None,
-                        model=None, meta: Optional[CheckpointMeta] = None) -> dict:
-    """mAP of a checkpoint on a split of its dataset (or `data`), for each evaluation alpha.
+                        model=None, meta: Optional[CheckpointMeta] = None, out: Optional[str] = None) -> dict:
+    """mAP and the standard multi-label metrics of a checkpoint on a split of its dataset (or
+    `data`), for each evaluation alpha.
 
-    Returns {"rows": [{"alpha": a, "map": m}, ...], "split": ..., "dataset": ...}; with
-    `per_class_csv`, per-class AP for every alpha is written there.
+    Returns {"rows": [{"alpha": a, "map": m, "CP": .., ..., "OF1@3": ..}, ...], "split": ...,
+    "dataset": ...}; with `per_class_csv`, per-class AP for every alpha is written there; with
+    `out` (.json or .csv), the rows.
     """
     check_split(split)
+    if out and not out.endswith((".json", ".csv")):
+        raise PamcError(f"--out {out}: write .json or .csv")
     if model is None:
         model, meta = load_model(checkpoint)
     rt = Runtime.create(device)
@@ -76,7 +81,7 @@ def evaluate_checkpoint(checkpoint: str, split: str = "test", alphas: Optional[S
     rows, per_class = [], {}
     for alpha in alphas:
         scores = predict(model, part.images, rt, alpha=alpha)
-        rows.append({"alpha": float(alpha), "map": split_map(scores, targets)})
+        rows.append({"alpha": float(alpha), "map": split_map(scores, targets), **standard_metrics(scores, targets)})
         if per_class_csv and part.full is not None:
             per_class[alpha] = average_precision(scores, part.full) * 100
     if per_class_csv and per_class:
@@ -85,7 +90,23 @@ def evaluate_checkpoint(checkpoint: str, split: str = "test", alphas: Optional[S
             w.writerow(["class"] + [f"ap_alpha_{a:g}" for a in per_class])
             for c, name in enumerate(meta.class_names or bundle.class_names):
                 w.writerow([name] + [f"{per_class[a][c]:.4f}" for a in per_class])
-    return {"rows": rows, "split": split, "dataset": bundle.name}
+    result = {"rows": rows, "split": split, "dataset": bundle.name}
+    if out:
+        write_rows(out, result)
+    return result
+
+
+def write_rows(path: str, result: dict) -> None:
+    """The evaluation rows as JSON (everything) or CSV (one line per alpha), by the file's suffix."""
+    if path.endswith(".json"):
+        write_json(path, result)
+    elif path.endswith(".csv"):
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(result["rows"][0]))
+            w.writeheader()
+            w.writerows(result["rows"])
+    else:
+        raise PamcError(f"--out {path}: write .json or .csv")
 
 
 def image_paths(inputs: Sequence[str]) -> list[Path]:
