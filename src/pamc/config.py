@@ -25,7 +25,7 @@ class TrainConfig:
     observation_seed: int = 1200
     # model
     backbone: str = "scene-cnn"
-    backbone_weights: Optional[str] = None  # none | path | imagenet | scenes (pretrain on scene objects)
+    backbone_weights: Optional[str] = None  # none | path | imagenet/pretrained (published) | scenes (pretrain on scene objects)
     alpha: float = 1.0  # BoostLU in training
     eval_alpha: Optional[float] = None  # BoostLU at validation/test (None = alpha)
     # method
@@ -45,6 +45,7 @@ class TrainConfig:
     channels_last: str = "auto"  # auto (on CUDA) | on | off
     compile: str = "off"  # off | default | reduce-overhead | max-autotune
     fused_adam: str = "auto"
+    sync_batchnorm: bool = False  # SyncBatchNorm under DDP on CUDA (global-batch statistics); CPU: not applied
     cudnn_benchmark: bool = True
     num_workers: int = 4
     eval_batch_size: int = 128

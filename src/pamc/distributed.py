@@ -89,6 +89,31 @@ class Dist:
         return torch.tensor_split(torch.arange(n), self.world_size)[self.rank]
 
 
+_SYNC_BN_WARNED = False
+
+
+def sync_batchnorm(model: torch.nn.Module, rt) -> torch.nn.Module:
+    """The `sync_batchnorm` setting: BatchNorm layers -> `torch.nn.SyncBatchNorm` (statistics over
+    the global batch), before DDP wraps the model, when training on CUDA with several processes.
+
+    The converted layers share the parameters and buffers of the old ones, so an optimiser built
+    before stays valid and checkpoints keep their names.  A single process has nothing to sync
+    (unchanged); on CPU (gloo), where SyncBatchNorm does not run, the model is left as it is, with a
+    warning once: each process then normalises with its own share of the batch."""
+    global _SYNC_BN_WARNED
+    if not rt.dist.enabled:
+        return model
+    if rt.device.type == "cuda":
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if rt.dist.is_main and not _SYNC_BN_WARNED:
+        import warnings
+
+        warnings.warn("sync_batchnorm is not applied: SyncBatchNorm needs CUDA; on CPU each process keeps BatchNorm "
+                      "statistics of its own share of the batch (a GroupNorm backbone such as scene-cnn-gn avoids it)")
+        _SYNC_BN_WARNED = True
+    return model
+
+
 class GlobalBatches:
     """Per-epoch seeded shuffling into global batches, each split across the processes.
 

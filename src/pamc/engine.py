@@ -53,7 +53,10 @@ def build_model(cfg: TrainConfig, num_classes: int) -> CamClassifier:
         params = {k: cfg.data[k] for k in ("source", "canvas", "object_scale") if k in cfg.data}
         weights = str(pretrained_scene_backbone(backbone=cfg.backbone, seed=cfg.seed, **params))
     torch.manual_seed(cfg.seed)
-    return CamClassifier(cfg.backbone, num_classes, alpha=cfg.alpha, weights=weights)
+    model = CamClassifier(cfg.backbone, num_classes, alpha=cfg.alpha, weights=weights)
+    if cfg.backbone_weights == "scenes":  # what model.json records (`Run.meta`): the option, and its cached file
+        model.backbone.weights_info = {**(model.backbone.weights_info or {}), "name": "scenes"}
+    return model
 
 
 def build_loss(cfg: TrainConfig, num_images: int, num_classes: int, observed,
@@ -124,6 +127,7 @@ class Run:
         self.val_targets = self._selection_targets()
         self.image_size = int(train.images[0].shape[-1])
         self.model = build_model(cfg, self.bundle.num_classes).to(self.rt.device)
+        self.weights_info = getattr(self.model.backbone, "weights_info", None)  # file hashed once, at build
         if self.rt.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.loss_fn = build_loss(cfg, len(train), self.bundle.num_classes, observed,
@@ -170,6 +174,10 @@ class Run:
 
     def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         net = model
+        if self.cfg.sync_batchnorm:
+            from .distributed import sync_batchnorm
+
+            net = sync_batchnorm(net, self.rt)
         if self.rt.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -185,7 +193,7 @@ class Run:
                               eval_alpha=cfg.test_alpha, class_names=list(self.bundle.class_names),
                               method=cfg.method, epoch=epoch, dataset=self.bundle.name, data=cfg.data,
                               observation=cfg.observation, observation_seed=cfg.observation_seed,
-                              image_size=self.image_size)
+                              image_size=self.image_size, weights=self.weights_info)
 
     # -- checkpoints
     def _save(self, epoch: int, is_best: bool) -> None:

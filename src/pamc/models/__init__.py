@@ -1,7 +1,12 @@
 """Backbones by name, and the CAM classifier that BoostLU acts on.
 
-Backbone families live in their own modules (`resnet`, `scene_cnn`), each registering its names
-in `BACKBONES`; `weights` reads and loads weight files for all of them.
+Backbone families live in their own modules (`resnet`, `scene_cnn`, `timm_backbones`), each
+registering its names in `BACKBONES` (timm's models as the family ``timm:NAME``, resolved lazily,
+so `import pamc` never imports timm); `weights` reads and loads weight files for all of them, and
+`layouts` converts foreign key layouts (EfficientNet-PyTorch) to timm's names.
+
+Every backbone built by name carries `weights_info`, what it started from (`weights.weights_record`),
+which checkpoints record in model.json.
 
 `CamClassifier` = backbone feature map -> 1x1 conv with bias (the class activation map, CAM)
 -> BoostLU -> global average pool -> logits.  With alpha = 1 it equals the usual
@@ -23,7 +28,16 @@ BACKBONES: Registry[Callable[..., nn.Module]] = Registry("backbone")
 
 
 def build_backbone(name: str, weights: Optional[str] = None) -> nn.Module:
-    return BACKBONES.get(name)(weights=weights)
+    """The backbone registered as `name` (``resnet50``, ``scene-cnn``, ``timm:convnext_tiny``, ...),
+    with `weights` (None, a file, or a named option of its family); its `weights_info` says which."""
+    from .weights import weights_record
+
+    if isinstance(weights, str) and weights.lower() == "none":
+        weights = None
+    backbone = BACKBONES.get(name)(weights=weights)
+    if getattr(backbone, "weights_info", None) is None:
+        backbone.weights_info = weights_record(weights)
+    return backbone
 
 
 class CamClassifier(nn.Module):
@@ -73,4 +87,4 @@ def eval_mode(model: torch.nn.Module):
         model.train(was_training)
 
 
-from . import resnet, scene_cnn  # noqa: E402,F401  (registration)
+from . import resnet, scene_cnn, timm_backbones  # noqa: E402,F401  (registration)

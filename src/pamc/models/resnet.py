@@ -9,15 +9,16 @@ from ..errors import PamcError
 from . import BACKBONES
 from .weights import load_file_into
 
-TORCHVISION_TAGS = {"imagenet": "IMAGENET1K_V1", "IMAGENET1K_V1": "IMAGENET1K_V1", "IMAGENET1K_V2": "IMAGENET1K_V2",
-                    "DEFAULT": "DEFAULT"}
+TORCHVISION_TAGS = {"imagenet": "IMAGENET1K_V1", "pretrained": "IMAGENET1K_V1", "IMAGENET1K_V1": "IMAGENET1K_V1",
+                    "IMAGENET1K_V2": "IMAGENET1K_V2", "DEFAULT": "DEFAULT"}
 
 
 class TorchvisionResNet(nn.Sequential):
     """A torchvision ResNet without its average pool and fc layer: returns the last feature map.
 
-    `weights`: None (random), "imagenet" (= torchvision's IMAGENET1K_V1, the reference's),
-    IMAGENET1K_V2 / DEFAULT, or a local file in torchvision's layout (its fc is ignored).
+    `weights`: None (random), "imagenet" / "pretrained" (= torchvision's IMAGENET1K_V1, the
+    reference's), IMAGENET1K_V2 / DEFAULT, or a local file in torchvision's layout (its fc is
+    ignored).  `weights_info` records the torchvision tag (the weights version matters, spec 5).
     """
 
     def __init__(self, name: str, weights: Optional[str] = None):
@@ -34,10 +35,13 @@ class TorchvisionResNet(nn.Sequential):
                     f"download them elsewhere and pass the file with --backbone-weights PATH"
                 ) from None
             net.load_state_dict(state)
+            info = {"name": weights, "tag": str(getattr(enum, TORCHVISION_TAGS[weights]))}
         elif weights:
             load_file_into(net, weights, name, ignore_prefixes=("fc.",))
         super().__init__(*list(net.children())[:-2])
         self.out_channels = net.fc.in_features
+        if weights in TORCHVISION_TAGS:
+            self.weights_info = info
 
 
 for _name in ("resnet18", "resnet34", "resnet50", "resnet101"):

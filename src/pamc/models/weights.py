@@ -6,8 +6,10 @@ weight file can never run code.
 """
 from __future__ import annotations
 
+import hashlib
+from functools import lru_cache
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Optional
 
 import torch
 from torch import nn
@@ -35,6 +37,47 @@ def read_state_dict(path: str | Path, what: str = "weights file") -> dict[str, t
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise PamcError(f"{what} {path} does not hold a state dict of tensors")
     return state
+
+
+@lru_cache(maxsize=64)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file, computed once per (path, size, modification time) in this process."""
+    stat = Path(path).stat()
+    return _sha256(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+def weights_record(weights: Optional[str], **details) -> Optional[dict]:
+    """What a model started from, as model.json records it: None (random init), ``{"name": file
+    name, "sha256": ...}`` for a file, ``{"name": option, **details}`` for a named option
+    (``imagenet`` with torchvision's tag, ``pretrained`` with timm's, ``scenes``)."""
+    if weights is None:
+        return None
+    path = Path(str(weights))
+    if path.is_file():
+        return {"name": path.name, "sha256": file_sha256(path), **details}
+    return {"name": str(weights), **details}
+
+
+def strip_wrapper_prefix(state: dict[str, torch.Tensor], own: Iterable[str],
+                         prefixes: tuple[str, ...] = ("module.", "model.")) -> dict[str, torch.Tensor]:
+    """Drop a prefix that wraps every key (DDP's ``module.``, a wrapper's ``model.``) when the
+    stripped names fit `own` better than the names as they are."""
+    own = set(own)
+    best, hits = state, len(own.intersection(state))
+    for prefix in prefixes:
+        if state and all(k.startswith(prefix) for k in state):
+            stripped = {k[len(prefix):]: v for k, v in state.items()}
+            if len(own.intersection(stripped)) > hits:
+                best, hits = stripped, len(own.intersection(stripped))
+    return best
 
 
 def few(keys: Iterable[str], n: int = 3) -> str:
