@@ -242,6 +242,17 @@ def test_model_json_records_the_weights_file(tiny_config, timm_resnet_file):
     assert read_meta(result.out / "last").weights == recorded
 
 
+def test_model_json_records_scene_pretraining(tiny_config, tmp_path, monkeypatch):
+    import pamc.pretrain
+    from pamc.models.scene_cnn import SceneCNN
+
+    path = tmp_path / "scene-cnn-cached.safetensors"
+    save_file({k: v.contiguous() for k, v in SceneCNN().state_dict().items()}, str(path))
+    monkeypatch.setattr(pamc.pretrain, "pretrained_scene_backbone", lambda **_: path)  # skip the pretraining itself
+    result = pamc.train({**tiny_config, "backbone_weights": "scenes", "epochs": 1, "data": {**tiny_config["data"], "n_train": 16}})
+    assert read_meta(result.out / "best").weights == {"name": "scenes", "file": path.name, "sha256": file_sha256(path)}
+
+
 def test_old_model_json_without_weights_still_reads():
     meta = CheckpointMeta.from_dict({"backbone": "scene-cnn", "num_classes": 3})
     assert meta.weights is None and "weights" not in meta.extra

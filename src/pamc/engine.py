@@ -55,7 +55,8 @@ def build_model(cfg: TrainConfig, num_classes: int) -> CamClassifier:
     torch.manual_seed(cfg.seed)
     model = CamClassifier(cfg.backbone, num_classes, alpha=cfg.alpha, weights=weights)
     if cfg.backbone_weights == "scenes":  # what model.json records (`Run.meta`): the option, and its cached file
-        model.backbone.weights_info = {**(model.backbone.weights_info or {}), "name": "scenes"}
+        info = model.backbone.weights_info or {}
+        model.backbone.weights_info = {"name": "scenes", "file": info.get("name"), "sha256": info.get("sha256")}
     return model
 
 
