@@ -60,9 +60,9 @@ def mean_ap(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 def table_rows(stdout: str) -> dict[float, float]:
-    """{alpha: mAP} of the `| alpha | mAP |` Markdown table a command printed."""
+    """{alpha: mAP} of the `| alpha | mAP | ...` Markdown table a command printed (its first two columns)."""
     rows = [line.strip("|").split("|") for line in stdout.splitlines() if line.startswith("| ")]
-    return {float(a): float(m) for a, m in rows[1:]}
+    return {float(row[0]): float(row[1]) for row in rows[1:]}
 
 
 def csv_rows(path) -> list[list[str]]:
