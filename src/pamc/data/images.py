@@ -21,7 +21,6 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms.v2 import functional as TF
 
 from ..errors import PamcError
 
@@ -45,6 +44,8 @@ def decode(path: str | Path) -> torch.Tensor:
 
 
 def load_image(path: str | Path, size: int) -> torch.Tensor:
+    from torchvision.transforms.v2 import functional as TF  # here: torchvision costs ~2 s to import
+
     return TF.resize(decode(path), [size, size], antialias=True)
 
 

@@ -20,16 +20,14 @@ import gzip
 import hashlib
 import json
 import zipfile
+from importlib.metadata import version
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence, Union
 
 import numpy as np
-import sklearn
 import torch
 import torch.nn.functional as F
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 from ..errors import PamcError
 from ..files import atomic_write, cache_dir
@@ -93,6 +91,8 @@ def _parse_source(source: str) -> tuple[str, Path | None]:
 def _stratified_split(labels: np.ndarray, what: str) -> np.ndarray:
     """0 (train) / 1 (test) per object: a stratified 70/30 split with a fixed seed."""
     try:
+        from sklearn.model_selection import train_test_split  # sklearn only when a bank is built
+
         _, test_idx = train_test_split(np.arange(len(labels)), test_size=TEST_FRACTION,
                                        stratify=labels, random_state=BANK_SPLIT_SEED)
     except ValueError as exc:
@@ -109,6 +109,8 @@ def _bank_from_split(images, labels, split, class_names, name) -> ObjectBank:
 
 
 def _digits_bank() -> ObjectBank:
+    from sklearn.datasets import load_digits
+
     digits = load_digits()
     images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
     labels = digits.target.astype(np.int64)
@@ -207,7 +209,7 @@ def _source_identity(source: str) -> dict:
     """What the bank's content depends on, cheap to compute so a cache hit never loads the bank."""
     kind, path = _parse_source(source)
     if kind == "digits":
-        return {"kind": kind, "sklearn": sklearn.__version__, "split_seed": BANK_SPLIT_SEED}
+        return {"kind": kind, "sklearn": version("scikit-learn"), "split_seed": BANK_SPLIT_SEED}
     files = [path / f for f in FASHION_FILES.values()] if kind == "fashion" else [path]
     stats = [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] if f.is_file() else [str(f), None, None]
              for f in files]

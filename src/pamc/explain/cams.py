@@ -13,7 +13,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
-from torchvision.transforms.v2 import functional as TF
 
 from ..activation import boostlu
 from ..data.images import decode
@@ -58,6 +57,8 @@ def resize_batch(x: torch.Tensor, size: Optional[tuple[int, int]]) -> torch.Tens
     """Resize a B x 3 x H x W batch to (H, W) (aspect ratio not kept, as in the training pipeline)."""
     if size is None or tuple(x.shape[-2:]) == size:
         return x
+    from torchvision.transforms.v2 import functional as TF  # here: torchvision costs ~2 s to import
+
     return TF.resize(x, list(size), antialias=True)
 
 
