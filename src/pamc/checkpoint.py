@@ -146,6 +146,8 @@ class RunFolder:
 
     CONFIG, METRICS, RESULTS, BEST, LAST, STATE = "config.yaml", "metrics.jsonl", "results.json", "best", "last", "state.pt"
     METRICS_CSV, STATUS, TENSORBOARD = "metrics.csv", "status.json", "tensorboard"
+    #: the run of one seed inside a sweep's folder (`pamc train --seeds`)
+    SEED = "seed-{seed}"
     #: the values of status.json's "status"
     STATUSES = ("running", "finished", "failed", "preempted")
 
@@ -164,6 +166,10 @@ class RunFolder:
 
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r})"
+
+    def seed_run(self, seed: int) -> "RunFolder":
+        """The folder of seed `seed`'s run when this folder holds a sweep over seeds."""
+        return RunFolder(self.path / self.SEED.format(seed=seed))
 
     def is_empty(self) -> bool:
         return not self.path.exists() or not any(self.path.iterdir())

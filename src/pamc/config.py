@@ -271,10 +271,13 @@ def load_preset(name: str, _seen: tuple[str, ...] = ()) -> dict:
 
 
 def preset_descriptions() -> dict[str, str]:
+    """Each preset's description, its {paper} placeholders filled from `pamc.published`."""
+    from .published import fill_description
+
     out = {}
     for name, path in sorted(preset_files().items()):
         raw = yaml.safe_load(path.read_text()) or {}
-        out[name] = str(raw.get("description", ""))
+        out[name] = fill_description(name, str(raw.get("description", "")))
     return out
 
 
