@@ -132,6 +132,9 @@ def make_config(values: dict) -> TrainConfig:
     values = dict(values)
     if isinstance(values.get("backbone_weights"), str) and values["backbone_weights"].lower() == "none":
         values["backbone_weights"] = None  # `--backbone-weights none` clears a preset's weights
+    for name in ("amp", "channels_last", "compile", "fused_adam", "tensorboard"):  # YAML reads off/on as booleans
+        if isinstance(values.get(name), bool):
+            values[name] = "on" if values[name] else "off"
     for name in OPTIONAL_NUMBERS:  # `--ema none` / `--grad-clip off` switch a preset's setting off
         if isinstance(values.get(name), str) and values[name].lower() in ("none", "off", "null"):
             values[name] = None
