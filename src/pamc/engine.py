@@ -384,7 +384,7 @@ class Run:
                 bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{seen * dist.world_size / (now - start):.0f}")
             bar.update(1)
             for hook in self.hooks:
-                hook.after_step(self, Step(epoch, step, self.global_step, global_bs, lrs, loss, logs))
+                hook.after_step(self, Step(epoch, step, self.global_step, global_bs, lrs, loss.detach(), logs))
             if logs and (stop or ((steps_due or minutes_due) and step < len(plan))):
                 self._save(epoch - 1, False, step=step, partial={
                     "total": total.detach().cpu(), "selected": selected.detach().cpu(), "seen": seen,
