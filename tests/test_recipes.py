@@ -295,6 +295,11 @@ def test_recipe_presets(tiny_settings, tmp_path):
         "asl", "adam", 1e-4, 1.0, 1e-4, "onecycle", 0.2, 30, 80, 128, "randaugment+cutout", 0.9997)
     assert cfg.data == {"name": "prepared", "path": "data/coco"} and cfg.preset == "coco-asl-recipe"
     assert resolve(preset="coco-asl").schedule == "constant"  # the paper's preset keeps the paper's recipe
+    for method in ("hill", "splc"):  # the since-2023 losses with their reference recipe
+        paper, recipe = resolve(preset=f"voc-{method}"), resolve(preset=f"voc-{method}-recipe")
+        assert (recipe.method, recipe.loss, recipe.data) == (paper.method, paper.loss, paper.data)
+        assert (recipe.schedule, recipe.ema, recipe.augment, paper.schedule, paper.ema, paper.augment) == (
+            "onecycle", 0.9997, "randaugment+cutout", "constant", None, "none")
     # the base recipe trains (one batch of 96 per epoch on the tiny scenes)
     tiny = {**{f"data.{k}": v for k, v in tiny_settings["data"].items() if k != "name"}, "epochs": 2,
             "device": "cpu", "num_workers": 0, "progress": False, "out": str(tmp_path / "run"), "tensorboard": "off"}

@@ -32,7 +32,7 @@ def fake_run(folder, preset=None, seed=0, value=None, status=None, reason=None, 
         run.write_results({"method": cfg["method"], "train_alpha": cfg["alpha"],
                            "eval_alpha": cfg["eval_alpha"] if cfg["eval_alpha"] is not None else cfg["alpha"],
                            "test_map": value, "val_map": value + 1.0, "best_epoch": 3, "epochs": cfg["epochs"],
-                           "seed": seed, "dataset": name})
+                           "seed": seed, "dataset": name, "test_metrics": {"OF1": value / 2}})
     if status:
         run.write_status(status, reason=reason, epoch=2)
     elif value is not None:
@@ -157,6 +157,8 @@ def test_metric_option_and_globs(runs):
     assert table.cells[("LL-R + BoostLU", "coco")].mean == 74.0
     assert len(find_runs([str(runs / "coco-ll-r*" / "seed-*")])) == 5
     assert len(find_runs([runs])) == 15
+    nested = collect([runs / "coco-ll-r-boostlu"], metric="test_metrics.OF1")
+    assert nested.cells[("LL-R + BoostLU", "coco")].mean == 36.5 and nested.metric == "test_metrics.OF1"
     missing = collect([runs / "coco-ll-r"], metric="nope")
     assert not missing.cells and "no numeric 'nope'" in missing.problems[0].reason
     with pytest.raises(PamcError, match="no such folder"):

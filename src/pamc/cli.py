@@ -432,7 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "('runs/*/seed-*')")
     p.add_argument("--format", default="terminal", choices=["terminal", "markdown", "csv", "latex"],
                    help="terminal: aligned text, the best cells bold (ANSI on a terminal, else **x**)")
-    p.add_argument("--metric", default="test_map", help="any numeric key of results.json (default test_map)")
+    p.add_argument("--metric", default="test_map", help="any numeric key of results.json, dotted for nested ones "
+                   "(test_metrics.OF1); default test_map")
     p.add_argument("--best", default="max", choices=["max", "min", "none"], help="which cell of a column is bold")
 
     p = sub.add_parser("presets", help="list the named presets")

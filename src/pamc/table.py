@@ -210,9 +210,10 @@ def read_run(path: str | Path, metric: str = "test_map") -> RunRecord:
         if state == "preempted":
             record.reason += f"{'; ' if record.reason else ''}continue with: pamc train --resume {path}"
     elif res:
-        value = _number(res.get(metric))
+        flat = flatten(res)  # nested results by dotted key: test_metrics.OF1
+        value = _number(flat.get(metric))
         if value is None or not math.isfinite(value):
-            numeric = sorted(k for k, v in res.items() if _number(v) is not None)
+            numeric = sorted(k for k, v in flat.items() if _number(v) is not None)
             record.status = "finished"
             record.reason = (f"results.json has no numeric {metric!r} (numeric keys: {', '.join(numeric)})"
                              if value is None else f"{metric} is {value}")
