@@ -12,7 +12,7 @@ import pamc
 from pamc import hooks as hooks_module
 from pamc.config import TrainConfig, make_config
 from pamc.errors import PamcError
-from pamc.hooks import Hook
+from pamc.hooks import Hook, tensorboard_available
 
 from test_preemption import scalars
 
@@ -30,6 +30,9 @@ class StepLosses(Hook):
             self.logged.append([log["global_step"] for log in step.logs])
 
 
+needs_tensorboard = pytest.mark.skipif(not tensorboard_available(), reason="tensorboard is not installed")
+
+
 @pytest.fixture(scope="module")
 def logged_run(tmp_path_factory, tiny_settings, tiny_bundle):
     out = tmp_path_factory.mktemp("logged") / "run"
@@ -39,6 +42,7 @@ def logged_run(tmp_path_factory, tiny_settings, tiny_bundle):
     return result, hook
 
 
+@needs_tensorboard
 def test_per_step_values_arrive_at_the_sync_points_only(logged_run):
     _, hook = logged_run
     # log_every 4, 6 steps an epoch: syncs at steps 4 and 6 of each epoch, each carrying the steps since the last
@@ -46,6 +50,7 @@ def test_per_step_values_arrive_at_the_sync_points_only(logged_run):
     assert hook.logged == [[1, 2, 3, 4], [5, 6], [7, 8, 9, 10], [11, 12]]
 
 
+@needs_tensorboard
 def test_tensorboard_has_the_scalars(logged_run):
     result, hook = logged_run
     s = scalars(result.out)
@@ -71,6 +76,7 @@ def test_tensorboard_has_the_scalars(logged_run):
     assert all(v > 0 for _, v in s["train/grad_norm"])
 
 
+@needs_tensorboard
 def test_metrics_csv_matches_jsonl(logged_run):
     result, _ = logged_run
     lines = [json.loads(x) for x in (result.out / "metrics.jsonl").read_text().splitlines()]

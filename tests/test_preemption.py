@@ -27,7 +27,7 @@ from pamc.checkpoint import RunFolder
 from pamc.cli import main
 from pamc.engine import Run
 from pamc.errors import PamcError
-from pamc.hooks import Hook
+from pamc.hooks import Hook, tensorboard_available
 from pamc.preemption import EXIT_PREEMPTED, Preempted
 
 from test_engine import assert_same_weights, metric_lines, without_timing
@@ -83,6 +83,8 @@ def assert_same_run(a: Path, b: Path) -> None:
     for folder in ("last", "best"):
         assert_same_weights(load_file(str(a / folder / "model.safetensors")), load_file(str(b / folder / "model.safetensors")))
     assert without_timing(metric_lines(a)) == without_timing(metric_lines(b))
+    if not tensorboard_available():  # the test extra installs it; without it there are no curves
+        return
     sa, sb = scalars(a), scalars(b)
     assert sa.keys() == sb.keys()
     for tag in sa:
