@@ -140,6 +140,8 @@ class TensorBoard(Hook):
         from torch.utils.tensorboard import SummaryWriter
 
         purge = run.global_step + 1 if run.resumed else None
+        if run.resumed:
+            _after_earlier_event_files(self.folder.tensorboard)
         self.writer = SummaryWriter(log_dir=str(self.folder.tensorboard), purge_step=purge)
 
     def after_step(self, run: "Run", step: Step) -> None:
@@ -172,6 +174,22 @@ class TensorBoard(Hook):
             self.writer.add_scalar("test/map", results["test_map"], run.global_step)
         self.writer.close()
         self.writer = None
+
+
+def _after_earlier_event_files(folder) -> None:
+    """TensorBoard reads a folder's event files in name order, whose first field is the second a
+    file was made: wait (at most a second) so that a resumed run's file sorts after the earlier
+    ones, whose events it purges from its first step on."""
+    import time
+
+    stamps = []
+    for path in folder.glob("events.out.tfevents.*"):
+        field = path.name.split(".")[3]
+        if field.isdigit():
+            stamps.append(int(field))
+    if stamps:
+        while time.time() < max(stamps) + 1:
+            time.sleep(0.02)
 
 
 def default_hooks(cfg, folder: RunFolder) -> list[Hook]:
