@@ -247,7 +247,8 @@ class Run:
             best = self.model if self.ema is None else self.ema.module
             extra = {} if self.ema is None else {"ema_decay": self.cfg.ema}
             self.folder.save_checkpoint(self.folder.BEST, best, self.meta(epoch, **extra))
-        self._status("running", epoch=epoch, step=step or None, global_step=self.global_step)
+        # status.json: "epoch E, step S" = S steps into epoch E; "epoch E" alone = E epochs done
+        self._status("running", epoch=epoch + 1 if step else epoch, step=step or None, global_step=self.global_step)
 
     def _load_state(self) -> None:
         state = self.folder.load_state()
