@@ -1,11 +1,14 @@
 """Run folders and checkpoints: the layout of a run, typed checkpoint metadata, safe save/load.
 
-A run folder (`RunFolder`) holds ``config.yaml`` (the resolved settings), ``metrics.jsonl`` (one
-line per epoch), ``results.json``, and the checkpoints ``best/`` and ``last/``.  A checkpoint
-folder holds ``model.safetensors`` (weights) and ``model.json`` (a `CheckpointMeta`); ``last/``
-also holds ``state.pt`` (optimiser, label edits, loss state), read with ``weights_only=True``.
-Every file is written atomically (`pamc.files`), so an interrupted write never leaves a
-half-written checkpoint behind.
+A run folder (`RunFolder`) holds ``config.yaml`` (the resolved settings), ``status.json`` (running
+/ finished / failed / preempted, with timestamps), ``metrics.jsonl`` and ``metrics.csv`` (one line
+per epoch), ``tensorboard/`` (event files), ``results.json``, and the checkpoints ``best/`` and
+``last/``.  A checkpoint folder holds ``model.safetensors`` (weights) and ``model.json`` (a
+`CheckpointMeta`); ``last/`` also holds ``state.pt``, read with ``weights_only=True``: everything
+a resumed run needs (weights, optimiser, schedule, EMA, label edits, loss state, RNG states, the
+position inside an interrupted epoch), in one file, so that resuming never mixes two
+checkpoints.  Every file is written atomically (`pamc.files`), so an interrupted write never
+leaves a half-written checkpoint behind.
 """
 from __future__ import annotations
 
@@ -142,6 +145,11 @@ class RunFolder:
     """The layout of one training run's folder; the only place its file names are spelled."""
 
     CONFIG, METRICS, RESULTS, BEST, LAST, STATE = "config.yaml", "metrics.jsonl", "results.json", "best", "last", "state.pt"
+    METRICS_CSV, STATUS, TENSORBOARD = "metrics.csv", "status.json", "tensorboard"
+    #: the run of one seed inside a sweep's folder (`pamc train --seeds`)
+    SEED = "seed-{seed}"
+    #: the values of status.json's "status"
+    STATUSES = ("running", "finished", "failed", "preempted")
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -152,15 +160,26 @@ class RunFolder:
     best = property(lambda self: self.path / self.BEST)
     last = property(lambda self: self.path / self.LAST)
     state = property(lambda self: self.last / self.STATE)
+    metrics_csv = property(lambda self: self.path / self.METRICS_CSV)
+    status = property(lambda self: self.path / self.STATUS)
+    tensorboard = property(lambda self: self.path / self.TENSORBOARD)
 
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r})"
+
+    def seed_run(self, seed: int) -> "RunFolder":
+        """The folder of seed `seed`'s run when this folder holds a sweep over seeds."""
+        return RunFolder(self.path / self.SEED.format(seed=seed))
 
     def is_empty(self) -> bool:
         return not self.path.exists() or not any(self.path.iterdir())
 
     def can_resume(self) -> bool:
         return self.state.is_file()
+
+    def is_run_folder(self) -> bool:
+        """Whether pamc made this folder (it has a config.yaml or a status.json)."""
+        return self.config.is_file() or self.status.is_file()
 
     def read_config(self) -> dict:
         if not self.config.is_file():
@@ -178,6 +197,45 @@ class RunFolder:
 
     def rewrite_metrics(self, records: list[dict]) -> None:
         write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in records))
+
+    def write_metrics_csv(self, records: list[dict]) -> None:
+        """metrics.csv: the metrics.jsonl records as a table (columns in first-seen order)."""
+        import csv
+        import io
+
+        columns = list(dict.fromkeys(k for r in records for k in r))
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(records)
+        write_text(self.metrics_csv, text.getvalue())
+
+    def read_metrics(self) -> list[dict]:
+        if not self.metrics.is_file():
+            return []
+        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+
+    def read_status(self) -> Optional[dict]:
+        """status.json, or None where there is none (runs of an older pamc) or it is unreadable."""
+        try:
+            values = json.loads(self.status.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        return values if isinstance(values, dict) else None
+
+    def write_status(self, status: str, **fields) -> dict:
+        """Update status.json: `status`, the given fields, `updated` now (UTC, ISO 8601); the fields
+        of earlier writes stay unless given again (None removes one)."""
+        import datetime
+
+        if status not in self.STATUSES:
+            raise ValueError(f"status must be one of {self.STATUSES} (got {status!r})")
+        now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        values = {**(self.read_status() or {}), **fields, "status": status, "updated": now}
+        values.setdefault("created", now)
+        values = {k: v for k, v in values.items() if v is not None}
+        write_json(self.status, values)
+        return values
 
     def read_results(self) -> dict:
         return json.loads(self.results.read_text())

@@ -1,11 +1,14 @@
 """The `pamc` command line: argument parsing only; every command calls the Python API.
 
-Errors the user can fix (PamcError) print as one line and exit with status 2.
+Errors the user can fix (PamcError) print as one line and exit with status 2.  A training run
+stopped by SIGTERM / SIGINT / SIGUSR1 writes a resumable checkpoint, says how to continue and
+exits with status 75 (EX_TEMPFAIL, `pamc.preemption.EXIT_PREEMPTED`).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Optional
@@ -42,6 +45,8 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
     from .config import TrainConfig
 
     for f in dataclasses.fields(TrainConfig):
+        if f.name == "preset":  # recorded by `--preset NAME` itself (config.resolve)
+            continue
         flag = "--" + f.name.replace("_", "-")
         if f.name in ("data", "loss"):
             p.add_argument(flag, action="append", metavar="KEY=VALUE", dest=f"cfg_{f.name}",
@@ -73,16 +78,55 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .config import resolve
     from .engine import train
 
-    if args.resume:
+    overrides = config_overrides(args)
+    if args.resume and args.resume != "auto":
         if args.config or args.preset:
             raise PamcError("--resume continues a run with its own saved settings; drop --config/--preset "
-                            "(flags such as --epochs still override)")
-        result = train({**config_overrides(args), "out": args.resume}, resume=True)
+                            "(flags such as --epochs still override); --resume auto takes them")
+        if args.seeds:
+            return _train_seeds({**overrides, "out": args.resume}, args.seeds, True)
+        result = train({**overrides, "out": args.resume}, resume=True)
     else:
-        result = train(resolve(args.config, args.preset, config_overrides(args)))
+        cfg = resolve(args.config, args.preset, overrides)
+        resume = "auto" if args.resume == "auto" else False
+        if args.seeds:
+            return _train_seeds(cfg, args.seeds, resume)
+        result = train(cfg, resume=resume)
     r = result.results
     print(f"test mAP {r['test_map']:.2f} (alpha {r['eval_alpha']:g}, best val epoch {r['best_epoch']}, "
           f"val mAP {r['val_map']:.2f}); run folder {result.out}")
+    return 0
+
+
+def _train_seeds(config, seeds: list[int], resume) -> int:
+    from .sweep import train_seeds
+    from .table import collect, render
+
+    sweep = train_seeds(config, seeds, resume=resume)
+    print()
+    print(render(collect([sweep.out]), "terminal", color=sys.stdout.isatty(), unicode=_unicode()), end="")
+    if sweep.failed:
+        print(f"pamc: error: {len(sweep.failed)} of {len(seeds)} seeds failed: "
+              + ", ".join(str(s) for s in sweep.failed), file=sys.stderr)
+        return 1
+    return 0
+
+
+def _unicode() -> bool:
+    try:
+        "±".encode(sys.stdout.encoding or "ascii")
+        return True
+    except (UnicodeEncodeError, LookupError):
+        return False
+
+
+@command("table")
+def cmd_table(args: argparse.Namespace) -> int:
+    from .table import collect, render
+
+    table = collect(args.runs, metric=args.metric, best=args.best)
+    color = args.format == "terminal" and sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    print(render(table, args.format, color=color, unicode=_unicode()), end="")
     return 0
 
 
@@ -283,8 +327,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model (YAML config, preset and/or flags)")
     p.add_argument("--config", help="YAML file of settings")
     p.add_argument("--preset", help="named preset (see `pamc presets`)")
-    p.add_argument("--resume", metavar="RUN", help="continue the interrupted run in this folder (its saved "
-                   "config.yaml, with any flags given on top)")
+    p.add_argument("--resume", metavar="RUN|auto", help="continue the interrupted run in this folder (its saved "
+                   "config.yaml, with any flags given on top); auto: resume the --out folder if it holds a "
+                   "checkpoint, else start it (for job scripts rerun after a preemption)")
+    p.add_argument("--seeds", type=int, nargs="+", metavar="K", help="train each seed in turn into OUT/seed-K, "
+                   "then print their table")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any setting, dotted for mappings (data.source=fashion)")
     add_config_flags(p)
 
@@ -380,6 +427,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--option", action="append", metavar="KEY=VALUE")
     p.add_argument("--no-image-check", action="store_true")
 
+    p = sub.add_parser("table", help="the paper-style table of many runs: mean +- std over seeds, per method and dataset")
+    p.add_argument("runs", nargs="+", help="run folders, folders holding runs (searched recursively), or quoted globs "
+                   "('runs/*/seed-*')")
+    p.add_argument("--format", default="terminal", choices=["terminal", "markdown", "csv", "latex"],
+                   help="terminal: aligned text, the best cells bold (ANSI on a terminal, else **x**)")
+    p.add_argument("--metric", default="test_map", help="any numeric key of results.json, dotted for nested ones "
+                   "(test_metrics.OF1); default test_map")
+    p.add_argument("--best", default="max", choices=["max", "min", "none"], help="which cell of a column is bold")
+
     p = sub.add_parser("presets", help="list the named presets")
     p.add_argument("--show", metavar="NAME", help="print the resolved settings of one preset (its base: chain applied)")
     sub.add_parser("list", help="list backbones, losses, datasets and presets")
@@ -391,9 +447,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except PamcError as exc:
-        print(f"pamc: error: {exc}", file=sys.stderr)
-        return 2
+    except PamcError as exc:  # a preempted run (pamc.preemption.Preempted) exits 75 = EX_TEMPFAIL: rerun it
+        code = getattr(exc, "exit_code", 2)
+        print(f"pamc: {'error: ' if code == 2 else ''}{exc}", file=sys.stderr)
+        return code
     except KeyboardInterrupt:
         print("pamc: interrupted; `pamc train --resume RUN` continues a training run", file=sys.stderr)
         return 130

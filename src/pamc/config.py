@@ -39,6 +39,17 @@ class TrainConfig:
     lr_mult: float = 10.0  # head lr = lr * lr_mult
     selection: str = "full"  # full | observed: which validation labels select the best epoch
     seed: int = 0
+    # training recipe (pamc.recipes); the defaults are the paper's: Adam, constant lr, no decay, flips only
+    optimizer: str = "adam"  # adam | adamw
+    weight_decay: float = 0.0  # on conv/linear weights, not biases/norms (Adam: L2 in the gradient; AdamW: decoupled)
+    schedule: str = "constant"  # constant | cosine | onecycle, stepped every batch
+    warmup_epochs: float = 0.0  # constant/cosine: linear warm-up over this many epochs ...
+    warmup_steps: int = 0  # ... plus this many steps
+    pct_start: float = 0.2  # onecycle: share of the schedule spent rising to lr (ASL: 0.2)
+    schedule_epochs: Optional[int] = None  # cosine/onecycle length (None = epochs); longer = stopped early (ASL/Hill 80)
+    grad_clip: Optional[float] = None  # max gradient norm; None = off
+    ema: Optional[float] = None  # EMA decay of the weights (ASL/Hill 0.9997); selects, tests and fills best/
+    augment: str = "none"  # none | randaugment | randaugment+cutout (per image, on the device; flips always)
     # speed
     device: str = "auto"
     amp: str = "auto"  # auto (bf16 on CUDA) | bf16 | off
@@ -49,10 +60,15 @@ class TrainConfig:
     cudnn_benchmark: bool = True
     num_workers: int = 4
     eval_batch_size: int = 128
-    # run folder
+    # run folder, logging, preemption
     out: str = "runs/default"
     overwrite: bool = False
     progress: bool = True
+    log_every: int = 20  # steps between host syncs: non-finite check, per-step logs flushed, stop signals agreed
+    tensorboard: str = "auto"  # auto (if installed) | on | off: RUN/tensorboard event files
+    checkpoint_every_steps: Optional[int] = None  # a resumable last/ every N steps as well as every epoch
+    checkpoint_every_minutes: Optional[float] = None  # ... or every M minutes
+    preset: Optional[str] = None  # the preset the settings started from (set by resolve; read by `pamc table`)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -116,10 +132,17 @@ def make_config(values: dict) -> TrainConfig:
     values = dict(values)
     if isinstance(values.get("backbone_weights"), str) and values["backbone_weights"].lower() == "none":
         values["backbone_weights"] = None  # `--backbone-weights none` clears a preset's weights
+    for name in ("amp", "channels_last", "compile", "fused_adam", "tensorboard"):  # YAML reads off/on as booleans
+        if isinstance(values.get(name), bool):
+            values[name] = "on" if values[name] else "off"
+    for name in OPTIONAL_NUMBERS:  # `--ema none` / `--grad-clip off` switch a preset's setting off
+        if isinstance(values.get(name), str) and values[name].lower() in ("none", "off", "null"):
+            values[name] = None
     cfg = TrainConfig(**values)
-    for name in ("epochs", "batch_size"):
-        if not isinstance(getattr(cfg, name), int) or getattr(cfg, name) < 1:
+    for name in ("epochs", "batch_size", "log_every"):
+        if not _is_int(getattr(cfg, name)) or getattr(cfg, name) < 1:
             raise PamcError(f"{name} must be a positive integer (got {getattr(cfg, name)!r})")
+    check_recipe(cfg)
     if cfg.selection not in ("full", "observed"):
         raise PamcError(f"selection must be 'full' or 'observed' (got {cfg.selection!r})")
     from .activation import check_alpha
@@ -133,6 +156,21 @@ def make_config(values: dict) -> TrainConfig:
     check_mode("channels_last", cfg.channels_last, CHANNELS_LAST_MODES)
     check_mode("compile", cfg.compile, dict.fromkeys(COMPILE_MODES))
     check_mode("fused_adam", cfg.fused_adam, dict.fromkeys(SWITCHES))
+    check_mode("tensorboard", cfg.tensorboard, dict.fromkeys(SWITCHES))
+    if cfg.tensorboard == "on":
+        from .hooks import tensorboard_available
+
+        if not tensorboard_available():
+            raise PamcError("tensorboard: on needs the tensorboard package: pip install 'pamc[tensorboard]' "
+                            "(or set tensorboard auto/off)")
+    for name in ("checkpoint_every_steps",):
+        value = getattr(cfg, name)
+        if value is not None and (not _is_int(value) or value < 1):
+            raise PamcError(f"{name} must be a positive integer or none (got {value!r})")
+    if cfg.checkpoint_every_minutes is not None and not _positive(cfg.checkpoint_every_minutes):
+        raise PamcError(f"checkpoint_every_minutes must be a positive number or none (got {cfg.checkpoint_every_minutes!r})")
+    if cfg.preset is not None and not isinstance(cfg.preset, str):
+        raise PamcError(f"preset must be a preset name (got {cfg.preset!r})")
 
     LOSSES.get(cfg.method), BACKBONES.get(cfg.backbone)  # unknown names fail here, before any work
     check_alpha(cfg.alpha)
@@ -141,6 +179,57 @@ def make_config(values: dict) -> TrainConfig:
     if not isinstance(cfg.data, dict) or "name" not in cfg.data:
         raise PamcError("data must be a mapping with a 'name' (e.g. {name: scenes, source: digits})")
     return cfg
+
+
+#: settings that take a number or none
+OPTIONAL_NUMBERS = ("schedule_epochs", "grad_clip", "ema", "checkpoint_every_steps", "checkpoint_every_minutes")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _positive(value) -> bool:
+    return _is_number(value) and value > 0
+
+
+def check_recipe(cfg: TrainConfig) -> None:
+    """The optimiser / schedule / EMA / augmentation settings, each refused in one line."""
+    from .data.augment import AUGMENTS
+    from .recipes import OPTIMIZERS, SCHEDULES
+    from .runtime import check_mode
+
+    check_mode("optimizer", cfg.optimizer, dict.fromkeys(OPTIMIZERS))
+    check_mode("schedule", cfg.schedule, dict.fromkeys(SCHEDULES))
+    check_mode("augment", cfg.augment, dict.fromkeys(AUGMENTS))
+    if not _is_number(cfg.lr) or cfg.lr <= 0:
+        raise PamcError(f"lr must be a positive number (got {cfg.lr!r})")
+    if not _is_number(cfg.weight_decay) or cfg.weight_decay < 0:
+        raise PamcError(f"weight_decay must be a number >= 0 (got {cfg.weight_decay!r})")
+    if not _is_number(cfg.warmup_epochs) or cfg.warmup_epochs < 0:
+        raise PamcError(f"warmup_epochs must be a number >= 0 (got {cfg.warmup_epochs!r})")
+    if not _is_int(cfg.warmup_steps) or cfg.warmup_steps < 0:
+        raise PamcError(f"warmup_steps must be an integer >= 0 (got {cfg.warmup_steps!r})")
+    if cfg.schedule == "onecycle" and (cfg.warmup_epochs or cfg.warmup_steps):
+        raise PamcError("warmup_epochs/warmup_steps apply to schedule constant or cosine; onecycle warms up "
+                        "over its pct_start share")
+    if not _is_number(cfg.pct_start) or not 0 < cfg.pct_start < 1:
+        raise PamcError(f"pct_start must be between 0 and 1 (got {cfg.pct_start!r})")
+    if cfg.schedule_epochs is not None:
+        if not _is_int(cfg.schedule_epochs) or cfg.schedule_epochs < cfg.epochs:
+            raise PamcError(f"schedule_epochs must be an integer >= epochs ({cfg.epochs}) or none "
+                            f"(got {cfg.schedule_epochs!r})")
+    length = cfg.schedule_epochs or cfg.epochs
+    if cfg.warmup_epochs >= length and cfg.schedule != "constant":
+        raise PamcError(f"warmup_epochs ({cfg.warmup_epochs:g}) must be shorter than the schedule ({length} epochs)")
+    if cfg.grad_clip is not None and not _positive(cfg.grad_clip):
+        raise PamcError(f"grad_clip must be a positive max norm or none (got {cfg.grad_clip!r})")
+    if cfg.ema is not None and not (_is_number(cfg.ema) and 0 < cfg.ema < 1):
+        raise PamcError(f"ema must be a decay between 0 and 1 (e.g. 0.9997) or none (got {cfg.ema!r})")
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -185,23 +274,28 @@ def load_preset(name: str, _seen: tuple[str, ...] = ()) -> dict:
 
 
 def preset_descriptions() -> dict[str, str]:
+    """Each preset's description, its {paper} placeholders filled from `pamc.published`."""
+    from .published import fill_description
+
     out = {}
     for name, path in sorted(preset_files().items()):
         raw = yaml.safe_load(path.read_text()) or {}
-        out[name] = str(raw.get("description", ""))
+        out[name] = fill_description(name, str(raw.get("description", "")))
     return out
 
 
 def resolve(config: Optional[str] = None, preset: Optional[str] = None, overrides: Optional[dict] = None) -> TrainConfig:
     """Defaults <- preset <- YAML file <- overrides (later wins).  A YAML file may name a
-    `base:` preset too."""
+    `base:` preset too.  The preset's name is kept as the `preset` setting (config.yaml), so
+    `pamc table` can tell which published cell a run reproduces."""
     values = TrainConfig().to_dict()
     if preset:
-        values = apply_overrides(values, load_preset(preset))
+        values = apply_overrides(values, {**load_preset(preset), "preset": preset})
     if config:
         own = load_yaml(config)
         if "base" in own:
-            values = apply_overrides(values, load_preset(str(own.pop("base"))))
+            base = str(own.pop("base"))
+            values = apply_overrides(values, {**load_preset(base), "preset": base})
         values = apply_overrides(values, own)
     return make_config(apply_overrides(values, overrides or {}))
 
