@@ -79,7 +79,8 @@ def scene_settings(source: str, quick: bool) -> dict:
 def base_config(data: dict, quick: bool, device: str) -> dict:
     return {"data": data, "backbone": "scene-cnn", "backbone_weights": "scenes", "epochs": 4 if quick else 6,
             "batch_size": 16, "lr": 1e-4, "lr_mult": 10.0, "device": device, "num_workers": 0,
-            "progress": False, "overwrite": True}
+            "progress": False, "overwrite": True,
+            "tensorboard": "off"}  # the demo's report is its log; TensorBoard's import alone costs seconds
 
 
 #: `pamc demo --imagenet`: a real ImageNet backbone, EfficientNet-Lite0 with the weights of the
