@@ -177,6 +177,10 @@ class RunFolder:
     def can_resume(self) -> bool:
         return self.state.is_file()
 
+    def require_resumable(self) -> None:
+        if not self.can_resume():
+            raise PamcError(f"nothing to resume in {self.path} (no {self.LAST}/{self.STATE}); start a new run")
+
     def is_run_folder(self) -> bool:
         """Whether pamc made this folder (it has a config.yaml or a status.json)."""
         return self.config.is_file() or self.status.is_file()

@@ -307,8 +307,7 @@ def resume_config(run_folder: str | Path, overrides: Optional[dict] = None) -> T
     from .checkpoint import RunFolder
 
     folder = RunFolder(run_folder)
-    if not folder.can_resume():
-        raise PamcError(f"nothing to resume in {folder.path} (no {folder.LAST}/{folder.STATE}); start a new run")
+    folder.require_resumable()
     values = folder.read_config()
     return make_config(apply_overrides(values, {**(overrides or {}), "out": str(run_folder)}))
 

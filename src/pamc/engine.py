@@ -162,8 +162,8 @@ class Run:
     # -- setup
     def _check_folder(self, resume: bool) -> None:
         """Refuse an unusable run folder before any work; nothing is written until `_prepare_folder`."""
-        if resume and not self.folder.can_resume():
-            raise PamcError(f"nothing to resume in {self.out} (no {self.folder.LAST}/{self.folder.STATE}); start a new run")
+        if resume:
+            self.folder.require_resumable()
         if not resume and not self.cfg.overwrite and not self.folder.is_empty():
             raise PamcError(f"run folder {self.out} already exists; pass --overwrite to replace it or --resume to continue it")
 

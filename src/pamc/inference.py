@@ -63,8 +63,8 @@ def evaluate_checkpoint(checkpoint: str, split: str = "test", alphas: Optional[S
     `out` (.json or .csv), the rows.
     """
     check_split(split)
-    if out and not out.endswith((".json", ".csv")):
-        raise PamcError(f"--out {out}: write .json or .csv")
+    if out:
+        check_rows_path(out)  # before the slow part
     if model is None:
         model, meta = load_model(checkpoint)
     rt = Runtime.create(device)
@@ -98,14 +98,18 @@ def evaluate_checkpoint(checkpoint: str, split: str = "test", alphas: Optional[S
 
 def write_rows(path: str, result: dict) -> None:
     """The evaluation rows as JSON (everything) or CSV (one line per alpha), by the file's suffix."""
+    check_rows_path(path)
     if path.endswith(".json"):
         write_json(path, result)
-    elif path.endswith(".csv"):
+    else:
         with open(path, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(result["rows"][0]))
             w.writeheader()
             w.writerows(result["rows"])
-    else:
+
+
+def check_rows_path(path: str) -> None:
+    if not path.endswith((".json", ".csv")):
         raise PamcError(f"--out {path}: write .json or .csv")
 
 
