@@ -1,13 +1,24 @@
-"""`pamc demo --grid`: every method with and without BoostLU, tabled against the seed spread."""
+"""`pamc demo`: which rows it trains, and `--grid`: every method with and without BoostLU, tabled
+against the seed spread."""
 import json
 import math
 
 import pytest
 
-from pamc.demo import GRID_VARIANTS, effect, grid_methods, grid_reading, grid_table, run_grid
+from pamc.demo import (CORE_ROWS, GRID_VARIANTS, VIEWED_ROWS, baseline_rows, demo_rows, effect, grid_methods,
+                       grid_reading, grid_table, run_grid)
 from pamc.errors import PamcError
 
 TINY = {"n_train": 48, "n_val": 16, "n_test": 16, "canvas": 32, "object_scale": [10, 14]}
+
+
+def test_quick_demo_trains_the_rows_its_report_and_viewer_read():
+    quick = [r.label for r in demo_rows(quick=True, all_methods=False)]
+    read = set(VIEWED_ROWS) | {"AN + BoostLU (inference only)", "AN + BoostLU (train + inference)"}
+    assert read <= set(quick) and len(quick) == 6 and not {"LL-Ct", "LL-Cp"} & set(quick)
+    assert demo_rows(quick=False, all_methods=False) == CORE_ROWS
+    # --all trains everything, --quick or not
+    assert demo_rows(quick=True, all_methods=True) == demo_rows(quick=False, all_methods=True) == CORE_ROWS + baseline_rows()
 
 
 def test_grid_trains_each_variant_and_tables_it(tmp_path, pamc_cache):

@@ -48,6 +48,18 @@ CORE_ROWS = [
     Row("LL-Cp", "ll-cp", slug="ll-cp"),
     Row("LL-Cp + BoostLU", "ll-cp", BOOST, BOOST, slug="ll-cp-boost"),
 ]
+#: `pamc demo --quick`: the rows its report reads and its viewer shows (AN with BoostLU both ways,
+#: one large-loss method with and without); LL-Ct / LL-Cp behave like LL-R and cost a third of
+#: a newcomer's first run
+QUICK_ROWS = CORE_ROWS[:6]
+#: the rows the demo's report, figure and viewer read by name
+VIEWED_ROWS = ["Full label", "AN", "LL-R + BoostLU"]
+
+
+def demo_rows(quick: bool, all_methods: bool) -> list[Row]:
+    """The rows `pamc demo` trains: `--quick` the six of QUICK_ROWS, else the ten core rows;
+    `--all` every core row and the baselines."""
+    return list(QUICK_ROWS if quick and not all_methods else CORE_ROWS) + (baseline_rows() if all_methods else [])
 
 
 def baseline_rows() -> list[Row]:
@@ -154,7 +166,7 @@ def run_demo(source: str = "digits", out: str = "pamc-demo", quick: bool = False
     out_dir, data, bundle, base = prepare_demo(source, out, quick, device, overwrite, epochs,
                                                *(imagenet_settings(quick) if imagenet else ()))
     seeds = list(seeds or [0])
-    rows = list(CORE_ROWS) + (baseline_rows() if all_methods else [])
+    rows = demo_rows(quick, all_methods)
     runs = train_rows(rows, seeds, base, bundle, out_dir)
     results = summarise(rows, runs)
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
@@ -167,8 +179,7 @@ def run_demo(source: str = "digits", out: str = "pamc-demo", quick: bool = False
     print("\n" + explanations["text"])
     from .explain import write_view
 
-    shown = ["Full label", "AN", "LL-R + BoostLU"]
-    write_view([runs[label][0].out for label in shown], bundle.test, out_dir / "view.html", labels=shown,
+    write_view([runs[label][0].out for label in VIEWED_ROWS], bundle.test, out_dir / "view.html", labels=VIEWED_ROWS,
                max_images=12, split_name="test", device=device)
     write_report(out_dir, table, data, base, seeds, time.perf_counter() - start, figure, explanations["text"])
     print(f"\nwrote {out_dir / 'results.json'}, explanations.json, report.md, {figure.name}, view.html in {out_dir} "
@@ -330,14 +341,10 @@ def results_table(results: dict) -> str:
 def save_cam_figure(full_run: Path, partial_run: Path, bundle, path: Path, alpha: float, images: int = 4) -> None:
     """image | CAM of the full-label model | CAM of the AN model | AN CAM boosted, one shared
     colour scale per row (not normalised per map: the difference in scale is the finding)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from .activation import boostlu
     from .checkpoint import load_model
     from .explain import cams, upsample
+    from .explain.figures import panel_grid, save
 
     full_model, _ = load_model(full_run)
     partial_model, _ = load_model(partial_run)
@@ -347,7 +354,7 @@ def save_cam_figure(full_run: Path, partial_run: Path, bundle, path: Path, alpha
     size = tuple(x.shape[-2:])
     cams_full, cams_partial = (upsample(cams(model, x), size) for model in (full_model, partial_model))
     pairs = [(n, c) for n, i in enumerate(picks) for c in np.nonzero(test.full[i])[0]]
-    fig, axes = plt.subplots(len(pairs), 4, figsize=(10.5, 2.5 * len(pairs)), squeeze=False)
+    fig, axes, bars = panel_grid(len(pairs), 4, (2.1, 2.1), (0.1, 0.1), (0.35, 0.75, 0.3, 0.1), colorbars=True)
     titles = ["image", "full-label CAM", "AN CAM", f"AN CAM, BoostLU alpha={alpha:g}"]
     for r, (n, c) in enumerate(pairs):
         maps = [cams_full[n, c], cams_partial[n, c], boostlu(cams_partial[n, c], alpha)]
@@ -356,14 +363,13 @@ def save_cam_figure(full_run: Path, partial_run: Path, bundle, path: Path, alpha
         axes[r, 0].set_ylabel(bundle.class_names[c])
         for k, m in enumerate(maps, start=1):
             im = axes[r, k].imshow(m.numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit)
-        fig.colorbar(im, ax=axes[r, 1:].tolist(), fraction=0.02, label="attribution")
+        fig.colorbar(im, cax=bars[r], label="attribution")
         for k in range(4):
             axes[r, k].set_xticks([])
             axes[r, k].set_yticks([])
             if r == 0:
-                axes[r, k].set_title(titles[k], fontsize=9)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+                axes[r, k].set_title(titles[k], fontsize=9, y=1)
+    save(fig, path, tight=False)
 
 
 def pretraining(base: dict) -> str:

@@ -16,13 +16,34 @@ from matplotlib.figure import Figure
 CAM_UNITS = "attribution (CAM units)"
 
 
-def save(fig: Figure, path: str | Path) -> Path:
+def save(fig: Figure, path: str | Path, tight: bool = True) -> Path:
+    """Write `fig` as PNG; `tight=False` for figures laid out already (`panel_grid`, constrained
+    layout): a tight-bbox pass would draw them a second time."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # constrained-layout figures already fit their canvas; a second, tight-bbox layout pass would
-    # double the save time of the many-panel figures
-    fig.savefig(path, dpi=100, bbox_inches=None if fig.get_layout_engine() is not None else "tight")
+    fig.savefig(path, dpi=100, bbox_inches="tight" if tight else None)
     return path
+
+
+def panel_grid(rows: int, cols: int, panel: tuple[float, float], gap: tuple[float, float],
+               margins: tuple[float, float, float, float], colorbars: bool = False, **share):
+    """(figure, rows x cols axes, colour-bar axes): panels of a fixed size in inches (width,
+    height), gaps (between columns, between rows) and margins (left, right, top, bottom); with
+    `colorbars`, one bar axis right of each row.  A fixed layout rather than constrained layout:
+    that solver takes most of the drawing time of a many-panel figure, and `pamc demo` draws a
+    dozen of them.  Titles on these panels pass `y=1`: a fixed position spares matplotlib measuring
+    every axis to place each title."""
+    (w, h), (wgap, hgap), (left, right, top, bottom) = panel, gap, margins
+    bar = 0.3 if colorbars else 0.0  # its pad and width
+    width = left + cols * w + (cols - 1) * wgap + bar + right
+    height = top + rows * h + (rows - 1) * hgap + bottom
+    fig = Figure(figsize=(width, height))
+    axes = fig.subplots(rows, cols, squeeze=False, **share, gridspec_kw={
+        "left": left / width, "right": (width - right - bar) / width, "bottom": bottom / height,
+        "top": 1 - top / height, "wspace": wgap / w, "hspace": hgap / h})
+    bars = [fig.add_axes(((width - right - bar + 0.1) / width, (bottom + (rows - 1 - r) * (h + hgap) + 0.05 * h) / height,
+                          0.15 / width, 0.9 * h / height)) for r in range(rows)] if colorbars else []
+    return fig, axes, bars
 
 
 def color_limits(vmax: float, signed: bool) -> tuple[float, float, str]:
@@ -56,25 +77,17 @@ def examples_figure(rows: Sequence[tuple[torch.Tensor, str, Sequence[torch.Tenso
                     path: str | Path, signed: bool = False) -> Path:
     """One row per (image, class caption, maps of each model); each row shares one colour scale,
     so a weaker map of the same region shows up as paler, not as identical."""
-    fig = Figure(figsize=(2.2 * len(columns) + 1, 2.3 * len(rows)), layout="constrained")
-    axes = fig.subplots(len(rows), len(columns), squeeze=False)
+    names = [textwrap.fill(c, 26) for c in columns]
+    header = 0.14 * max(n.count("\n") + 2 for n in names)  # the first row's titles: name lines + caption
+    fig, axes, bars = panel_grid(len(rows), len(columns), (2.0, 2.0), (0.08, 0.3), (0.1, 0.75, header + 0.1, 0.1),
+                                 colorbars=True)
     for r, (image, caption, maps) in enumerate(rows):
         vmax = max(float((m.abs() if signed else m.clamp(min=0)).max()) for m in maps)
         for c, cam in enumerate(maps):
             mappable = draw_overlay(axes[r, c], image, cam, vmax, signed)
-            axes[r, c].set_title(f"{columns[c]}\n{caption}" if r == 0 else caption, fontsize=8)
-        fig.colorbar(mappable, ax=list(axes[r]), label=CAM_UNITS, shrink=0.9, aspect=12, pad=0.01)
-    return save(fig, path)
-
-
-def grid(n: int, columns: int, width: float, height: float, **share):
-    """A constrained-layout figure with `n` panels wrapped into rows of `columns`; spare axes hidden."""
-    rows = -(-n // columns)
-    fig = Figure(figsize=(width * columns, height * rows + 0.6), layout="constrained")
-    axes = fig.subplots(rows, columns, squeeze=False, **share)
-    for ax in axes.flat[n:]:
-        ax.set_visible(False)
-    return fig, axes
+            axes[r, c].set_title(f"{names[c]}\n{caption}" if r == 0 else caption, fontsize=8, y=1)
+        fig.colorbar(mappable, cax=bars[r], label=CAM_UNITS)
+    return save(fig, path, tight=False)
 
 
 def histogram_figure(values: Mapping[str, Mapping[str, np.ndarray]], reference: str,
@@ -86,34 +99,41 @@ def histogram_figure(values: Mapping[str, Mapping[str, np.ndarray]], reference: 
     group (over its central 99 %) and the x axis by all panels, so the rows compare directly; the
     legend sits above the panels."""
     groups = list(values)
-    fig = Figure(figsize=(4.6 * len(groups), 1.55 * len(compared) + 0.9), layout="constrained")
-    axes = fig.subplots(len(compared), len(groups), squeeze=False, sharex=True)
+    fig, axes, _ = panel_grid(len(compared), len(groups), (3.6, 1.25), (0.55, 0.15), (1.45, 0.15, 0.7, 0.5), sharex=True)
     edges = {}
     for g in groups:  # over the central 99 % of the group's values: rare outliers would squash the rest
         pooled = np.concatenate([v for v in values[g].values() if v.size] or [np.zeros(1)])
         lo, hi = np.percentile(pooled, [0.5, 99.5])
         edges[g] = np.linspace(lo, hi if hi > lo else lo + 1, bins + 1)
+
+    def density(group: str, model: str) -> np.ndarray:  # as hist(density=True): over the values inside the bins
+        v = values[group][model]
+        counts = np.histogram(v, edges[group])[0]
+        return counts / max(counts.sum(), 1) / np.diff(edges[group])
+
+    # stairs, not hist: one path per series instead of a patch per bin (hist's patches took most of the time)
+    reference_density = {g: density(g, reference) for g in groups}
     for r, (name, boosted) in enumerate(compared):
         for c, group in enumerate(groups):
-            ax, series = axes[r, c], values[group]
-            ax.hist(series[reference], bins=edges[group], density=True, color="0.6", alpha=0.5, label=f"{reference} (reference)")
-            ax.hist(series[name], bins=edges[group], density=True, histtype="step", lw=1.4, color="tab:blue",
-                    label="the row's model")
+            ax = axes[r, c]
+            ax.stairs(reference_density[group], edges[group], fill=True, color="0.6", alpha=0.5,
+                      label=f"{reference} (reference)")
+            ax.stairs(density(group, name), edges[group], lw=1.4, color="tab:blue", label="the row's model")
             if boosted is not None:
-                ax.hist(series[boosted], bins=edges[group], density=True, histtype="step", lw=1.4, ls="--",
-                        color="tab:red", label="the row's model" + boosted.removeprefix(name))
+                ax.stairs(density(group, boosted), edges[group], lw=1.4, ls="--", color="tab:red",
+                          label="the row's model" + boosted.removeprefix(name))
             ax.tick_params(labelsize=8)
             ax.grid(alpha=0.25)
             if r == 0:
-                ax.set_title(group, fontsize=10)
+                ax.set_title(group, fontsize=10, y=1)
             if c == 0:
                 ax.set_ylabel(textwrap.fill(name, 16), fontsize=9, fontweight="bold")
     for ax in axes[-1]:
         ax.set_xlabel(f"{CAM_UNITS}, central 99 % of the values", fontsize=9)
-    fig.supylabel("density", fontsize=9)
+    fig.supylabel("density", x=0.1 / fig.get_figwidth(), ha="left", fontsize=9)
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside upper center", ncol=len(labels), fontsize=9, frameon=False)
-    return save(fig, path)
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 1), ncol=len(labels), fontsize=9, frameon=False)
+    return save(fig, path, tight=False)
 
 
 def scatter_figure(panels: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]], reference: str,
@@ -122,12 +142,15 @@ def scatter_figure(panels: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray
     coloured by whether the class is present; the y = x line marks equal attribution.  Panels wrap
     into rows of `columns` with a shared x axis (the reference) and one legend above them."""
     columns = max(1, min(columns, len(panels)))
-    fig, axes = grid(len(panels), columns, 3.1, 2.9, sharex=True)
+    fig, axes, _ = panel_grid(-(-len(panels) // columns), columns, (2.4, 2.1), (0.5, 0.55), (0.75, 0.15, 0.65, 0.55),
+                              sharex=True)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
     for ax, (name, (x, y, positive)) in zip(axes.flat, panels.items()):
         for mask, label, colour in ((~positive, "negative class", "tab:blue"), (positive, "positive class", "tab:red")):
             ax.scatter(x[mask], y[mask], s=3, alpha=0.4, c=colour, label=label, rasterized=True)
         ax.axline((0, 0), slope=1, color="k", ls="--", lw=1, label="y = x (same attribution)")  # sets no limits
-        ax.set_title(name, fontsize=9)
+        ax.set_title(name, fontsize=9, y=1)
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.25)
     for ax in axes[:, 0]:
@@ -137,8 +160,9 @@ def scatter_figure(panels: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray
         visible[-1].set_xlabel(f"{reference} CAM", fontsize=9)
         visible[-1].xaxis.set_tick_params(labelbottom=True)
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside upper center", ncol=len(labels), fontsize=9, markerscale=4, frameon=False)
-    return save(fig, path)
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 1), ncol=len(labels), fontsize=9,
+               markerscale=4, frameon=False)
+    return save(fig, path, tight=False)
 
 
 def ratio_figure(values: Mapping[str, Sequence[Optional[float]]], categories: Sequence[str], path: str | Path,
@@ -173,7 +197,7 @@ def ratio_figure(values: Mapping[str, Sequence[Optional[float]]], categories: Se
     ticks = [2.0 ** k for k in range(-4, 5) if norm.vmin <= 2.0 ** k <= norm.vmax * (1 + 1e-9)]
     bar.set_ticks(ticks, labels=[f"{t:g}" for t in ticks])
     bar.minorticks_off()
-    return save(fig, path)
+    return save(fig, path, tight=False)
 
 
 def line_figure(x: Sequence[float], y: Sequence[float], path: str | Path, xlabel: str, ylabel: str,
