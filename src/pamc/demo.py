@@ -52,7 +52,7 @@ CORE_ROWS = [
 #: one large-loss method with and without); LL-Ct / LL-Cp behave like LL-R and cost a third of
 #: a newcomer's first run
 QUICK_ROWS = CORE_ROWS[:6]
-#: the rows the demo's report, figure and viewer read by name
+#: the models the demo's view.html compares
 VIEWED_ROWS = ["Full label", "AN", "LL-R + BoostLU"]
 
 
