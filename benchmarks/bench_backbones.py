@@ -2,14 +2,17 @@
 
     python benchmarks/bench_backbones.py [--batch 8] [--size 128] [--steps 5] [--warmup 2] [--threads 2]
     python benchmarks/bench_backbones.py --backbones timm:convnext_tiny,resnet50 --device cuda
+    python benchmarks/bench_backbones.py --backbones scene-cnn,timm:tf_efficientnet_lite0 --size 64 --batch 16 \
+        --layouts nchw,channels_last       # the memory layouts side by side (`pamc demo` uses channels_last)
 
 One step = forward (CAM head, BoostLU alpha 5, GAP), the AN loss (BCE on the logits), backward,
 Adam step and zero_grad, on a random B x 3 x S x S batch; random weights (the speed does not
 depend on them).  All models are built first and their steps timed round robin, so load from
 other processes on a shared machine slows every backbone alike.  Reported: the median wall time
 and process CPU time of `--steps` timed steps after `--warmup` untimed ones (with one thread the
-CPU time is robust to a busy machine), images/s from the wall time, and the parameter count.  On CPU it runs in float32 and contiguous layout (as
-`pamc train` does there); on CUDA with bf16 autocast and channels_last.
+CPU time is robust to a busy machine), images/s from the wall time, and the parameter count.  On
+CPU it runs in float32, on CUDA with bf16 autocast; in each of `--layouts` (default: contiguous
+NCHW on CPU, as `pamc train` runs there by default, and channels_last on CUDA).
 """
 from __future__ import annotations
 
@@ -28,18 +31,15 @@ DEFAULT = ("scene-cnn,resnet18,resnet50,timm:resnet50,timm:efficientnet_lite0,ti
 class Bench:
     """One backbone's model, optimiser and batch; `step()` times one training step."""
 
-    def __init__(self, name: str, batch: int, size: int, device: torch.device):
+    def __init__(self, name: str, batch: int, size: int, device: torch.device, layout: str):
         from pamc.models import CamClassifier
 
         torch.manual_seed(0)
-        self.name, self.device, self.cuda = name, device, device.type == "cuda"
-        self.model = CamClassifier(name, 20, alpha=5.0).to(device).train()
-        if self.cuda:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.name, self.layout, self.device, self.cuda = name, layout, device, device.type == "cuda"
+        fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+        self.model = CamClassifier(name, 20, alpha=5.0).to(device, memory_format=fmt).train()
         self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-4)
-        self.x = torch.randn(batch, 3, size, size, device=device)
-        if self.cuda:
-            self.x = self.x.contiguous(memory_format=torch.channels_last)
+        self.x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=fmt)
         self.y = (torch.rand(batch, 20, device=device) < 0.1).float()
         self.wall, self.cpu = [], []
 
@@ -63,7 +63,7 @@ class Bench:
             h, w = self.model.cams(self.x[:1]).shape[-2:]
         params = sum(p.numel() for p in self.model.parameters()) / 1e6
         wall, cpu = statistics.median(self.wall), statistics.median(self.cpu)
-        return (f"| {self.name} | {params:.1f} | {h}x{w} | {1000 * wall:.0f} | {1000 * cpu:.0f} | "
+        return (f"| {self.name} | {self.layout} | {params:.1f} | {h}x{w} | {1000 * wall:.0f} | {1000 * cpu:.0f} | "
                 f"{len(self.x) / wall:.1f} |")
 
 
@@ -76,15 +76,21 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--layouts", default=None, help="nchw and/or channels_last, comma-separated "
+                                                    "(default: nchw on CPU, channels_last on CUDA)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     print(f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, {device}; "
           f"batch {args.batch} x 3 x {args.size} x {args.size}, median of {args.steps} steps after {args.warmup}")
-    print("| backbone | params (M) | CAM | ms / step (wall) | ms / step (CPU time) | images / s |\n"
-          "|---|---:|---:|---:|---:|---:|")
-    benches = [Bench(name.strip(), args.batch, args.size, device) for name in args.backbones.split(",")]
+    layouts = (args.layouts or ("channels_last" if device.type == "cuda" else "nchw")).split(",")
+    if set(layouts) - {"nchw", "channels_last"}:
+        p.error(f"--layouts takes nchw and/or channels_last (got {args.layouts})")
+    print("| backbone | layout | params (M) | CAM | ms / step (wall) | ms / step (CPU time) | images / s |\n"
+          "|---|---|---:|---:|---:|---:|---:|")
+    benches = [Bench(name.strip(), args.batch, args.size, device, layout)
+               for name in args.backbones.split(",") for layout in layouts]
     for bench in benches:
         for _ in range(args.warmup):
             bench.step(record=False)

@@ -5,8 +5,10 @@ import math
 
 import pytest
 
+import yaml
+
 from pamc.demo import (CORE_ROWS, GRID_VARIANTS, VIEWED_ROWS, baseline_rows, demo_rows, effect, grid_methods,
-                       grid_reading, grid_table, run_grid)
+                       grid_reading, grid_table, run_demo, run_grid)
 from pamc.errors import PamcError
 
 TINY = {"n_train": 48, "n_val": 16, "n_test": 16, "canvas": 32, "object_scale": [10, 14]}
@@ -19,6 +21,28 @@ def test_quick_demo_trains_the_rows_its_report_and_viewer_read():
     assert demo_rows(quick=False, all_methods=False) == CORE_ROWS
     # --all trains everything, --quick or not
     assert demo_rows(quick=True, all_methods=True) == demo_rows(quick=False, all_methods=True) == CORE_ROWS + baseline_rows()
+
+
+def test_quick_demo_writes_table_report_figures_and_viewer(tmp_path, pamc_cache):
+    """The README's first command, end to end on tiny scenes: every file the report links exists,
+    the viewer compares the three models it names, and the runs trained in channels_last."""
+    out = tmp_path / "demo"
+    results = run_demo(out=str(out), quick=True, device="cpu", epochs=1, data_overrides=TINY,
+                       settings={"backbone_weights": None})
+    rows = [r.label for r in demo_rows(quick=True, all_methods=False)]
+    assert list(results) == rows and all(0 <= r["test_map"] <= 100 for r in results.values())
+    assert json.loads((out / "results.json").read_text()) == results
+    report = (out / "report.md").read_text()
+    for name in ("cams.png", "view.html", "explanations/report.md", "explanations/an-boosted/report.md"):
+        assert (out / name).is_file() and name in report
+    assert all(f"| {label} |" in report for label in rows) and "Reading: the AN model" in report
+    assert set(json.loads((out / "explanations.json").read_text())["gap"]) >= {"AN", "AN + BoostLU(5)"}
+    page = (out / "view.html").read_text()
+    assert all(label in page for label in VIEWED_ROWS)
+    config = yaml.safe_load((out / "runs" / "full-seed0" / "config.yaml").read_text())
+    assert config["channels_last"] == "on" and config["epochs"] == 1
+    with pytest.raises(PamcError, match="already exists"):
+        run_demo(out=str(out), quick=True)  # refused before anything is trained
 
 
 def test_grid_trains_each_variant_and_tables_it(tmp_path, pamc_cache):

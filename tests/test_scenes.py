@@ -140,6 +140,34 @@ def test_pretraining_objects_are_single_train_objects(tmp_path):
     np.testing.assert_array_equal(images, again)
 
 
+def test_scene_pretraining_is_cached_deterministic_and_loads(tmp_path, monkeypatch):
+    """The backbone trains once per settings (channels_last inside, contiguous on disk), the same
+    settings in another cache give the same weights, and the file loads into the backbone."""
+    import torch
+    from safetensors.torch import load_file
+
+    import pamc.pretrain as P
+    from pamc.models import build_backbone
+
+    small = dict(canvas=32, object_scale=(10, 14), n=96, epochs=1, batch_size=32)
+    first = P.pretrained_scene_backbone(cache=str(tmp_path / "a"), **small)
+    again = P.pretrained_scene_backbone(cache=str(tmp_path / "b"), **small)
+    a, b = load_file(first), load_file(again)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    torch.manual_seed(0)  # the initialisation the pretraining starts from (seed 0)
+    assert not torch.allclose(a["0.weight"], build_backbone("scene-cnn").state_dict()["0.weight"])  # it trained
+    build_backbone("scene-cnn", weights=str(first))  # loads strictly
+
+    def no_training(*_, **__):
+        raise AssertionError("trained again despite the cache")
+
+    monkeypatch.setattr(S, "pretraining_objects", no_training)
+    assert P.pretrained_scene_backbone(cache=str(tmp_path / "a"), **small) == first
+    monkeypatch.setattr(P, "PRETRAIN_VERSION", P.PRETRAIN_VERSION + 1)  # a new recipe misses the old file
+    with pytest.raises(AssertionError, match="trained again"):
+        P.pretrained_scene_backbone(cache=str(tmp_path / "a"), **small)
+
+
 def test_digits_bank_is_a_stratified_70_30_split():
     bank = S.load_object_bank("digits")
     assert (len(bank.train_labels), len(bank.test_labels)) == (1257, 540)

@@ -20,7 +20,7 @@ from .files import atomic_write, cache_dir
 from .data.transforms import flip_where, normalize_uint8
 from .models import build_backbone
 
-PRETRAIN_VERSION = 1
+PRETRAIN_VERSION = 2  # 2: channels_last (about 15 % faster on CPU; other rounding, so other weights)
 
 
 def pretrained_scene_backbone(source: str = "digits", canvas: int = 64, object_scale=(16, 28),
@@ -31,7 +31,7 @@ def pretrained_scene_backbone(source: str = "digits", canvas: int = 64, object_s
     from .data.scenes import load_object_bank, pretraining_objects
 
     torch.manual_seed(seed)
-    net = build_backbone(backbone).to(device)
+    net = build_backbone(backbone).to(device, memory_format=torch.channels_last)
     shapes = [[k, list(v.shape)] for k, v in net.state_dict().items()]  # a changed architecture misses the cache
     key = json.dumps([PRETRAIN_VERSION, source, canvas, list(object_scale) if not isinstance(object_scale, int)
                       else object_scale, backbone, shapes, n, epochs, batch_size, lr, seed], sort_keys=True)
@@ -50,7 +50,7 @@ def pretrained_scene_backbone(source: str = "digits", canvas: int = 64, object_s
         flips = torch.rand(len(labels), generator=g) < 0.5
         for idx in torch.split(order, batch_size):
             x = images[idx].unsqueeze(1).expand(-1, 3, -1, -1).to(device)
-            x = flip_where(normalize_uint8(x), flips[idx])
+            x = flip_where(normalize_uint8(x), flips[idx]).contiguous(memory_format=torch.channels_last)
             loss = F.cross_entropy(head(net(x).mean(dim=(2, 3))), labels[idx].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
