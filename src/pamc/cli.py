@@ -358,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", default="digits", help="digits | fashion[:DIR] | npz:PATH")
     p.add_argument("--out", default="pamc-demo", help="results folder")
     p.add_argument("--quick", action="store_true", help="fewer scenes, 4 epochs and six rows (LL-Ct / LL-Cp only "
-                   "with --all): about 1.5 minutes on 2 CPU cores")
+                   "with --all): under a minute on 2 CPU cores, cold")
     p.add_argument("--all", action="store_true", help="every method of the paper's table, baselines included")
     p.add_argument("--grid", action="store_true", help="every method x (no BoostLU, BoostLU at inference only, "
                    "BoostLU in training and inference): which methods BoostLU helps (default --out pamc-grid)")

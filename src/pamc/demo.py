@@ -93,7 +93,7 @@ def base_config(data: dict, quick: bool, device: str) -> dict:
             "batch_size": 16, "lr": 1e-4, "lr_mult": 10.0, "device": device, "num_workers": 0,
             "progress": False, "overwrite": True,
             "tensorboard": "off",  # the demo's report is its log; TensorBoard's import alone costs seconds
-            # channels_last on the CPU too, where the demo's CNNs train 15-30 % faster in it
+            # channels_last on the CPU too, where the demo's CNNs take 20-35 % less time a step
             # (`benchmarks/bench_backbones.py --layouts nchw,channels_last`); "auto" keeps the CPU
             # in NCHW only so that N CPU processes compute exactly what one does (the demo runs one)
             "channels_last": "on"}
@@ -117,7 +117,7 @@ def imagenet_settings(quick: bool) -> tuple[dict, dict]:
     """(scene overrides, run settings) of `--imagenet`: the paper's regime with an ImageNet
     backbone (small lr, head x10; 3e-4, as the digit scenes are far from ImageNet: 1e-4 learns
     too slowly in 3 epochs) on larger scenes (96 px: a 3 x 3 CAM at Lite0's stride 32) and fewer
-    of them: a row takes about 30 s on two free CPU cores, the ten core rows about 6 minutes."""
+    of them: a row takes about 15 s on two free CPU cores, the ten core rows about 3 minutes."""
     data = {"canvas": 96, "object_scale": [24, 42]}
     data.update({"n_train": 240, "n_val": 80, "n_test": 160} if quick else {"n_train": 480, "n_val": 160, "n_test": 320})
     return data, {"backbone": IMAGENET_BACKBONE, "backbone_weights": imagenet_weights(), "epochs": 2 if quick else 3,
