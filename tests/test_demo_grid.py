@@ -4,7 +4,6 @@ import json
 import math
 
 import pytest
-
 import yaml
 
 from pamc.demo import (CORE_ROWS, GRID_VARIANTS, VIEWED_ROWS, baseline_rows, demo_rows, effect, grid_methods,
