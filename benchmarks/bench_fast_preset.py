@@ -23,7 +23,7 @@ import torch
 
 import pamc
 from pamc.data.scenes import make_scenes
-from pamc.demo import base_config, scene_settings
+from pamc.apps.demo import base_config, scene_settings
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ import pytest
 
 import pamc
 from pamc.checkpoint import CHECKPOINT_VERSION, CheckpointMeta, RunFolder, read_meta
-from pamc.cli import main
+from pamc.apps.cli import main
 from pamc.errors import PamcError
 
 

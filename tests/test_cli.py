@@ -1,4 +1,4 @@
-"""The `pamc` command line, in-process through `pamc.cli.main` and as a real `python -m pamc`.
+"""The `pamc` command line, in-process through `pamc.apps.cli.main` and as a real `python -m pamc`.
 
 User errors must end as one `pamc: error: ...` line on stderr with exit status 2, no traceback.
 """
@@ -20,7 +20,7 @@ from sklearn.metrics import average_precision_score
 
 from pamc import CamClassifier
 from pamc.checkpoint import load_model
-from pamc.cli import main
+from pamc.apps.cli import main
 from pamc.config import preset_files
 from pamc.data.transforms import normalize_uint8
 

@@ -6,7 +6,7 @@ import math
 import pytest
 import yaml
 
-from pamc.demo import (CORE_ROWS, GRID_VARIANTS, VIEWED_ROWS, baseline_rows, demo_rows, effect, grid_methods,
+from pamc.apps.demo import (CORE_ROWS, GRID_VARIANTS, VIEWED_ROWS, baseline_rows, demo_rows, effect, grid_methods,
                        grid_reading, grid_table, run_demo, run_grid)
 from pamc.errors import PamcError
 

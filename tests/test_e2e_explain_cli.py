@@ -1,4 +1,4 @@
-"""The explanation and evaluation commands end to end through `pamc.cli.main`: explain,
+"""The explanation and evaluation commands end to end through `pamc.apps.cli.main`: explain,
 compare-explanations, tune-alpha (and the eval that follows it), eval of a torchvision classifier
 with post-hoc BoostLU, and predict, on two tiny scene checkpoints (full labels and AN).
 
@@ -21,7 +21,7 @@ from sklearn.metrics import average_precision_score
 
 from pamc import train
 from pamc.checkpoint import load_model
-from pamc.cli import main
+from pamc.apps.cli import main
 from pamc.data.scenes import make_scenes
 from pamc.data.transforms import normalize_uint8
 from pamc.labels import single_positive

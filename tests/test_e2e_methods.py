@@ -1,4 +1,4 @@
-"""Every method row trained end to end through `pamc.cli.main`, on the tiny scenes and on a
+"""Every method row trained end to end through `pamc.apps.cli.main`, on the tiny scenes and on a
 miniature copy of every official dataset layout after `pamc prepare`.
 
 The rows are the demo's (spec 6.1: Full, AN, LS, ASL, ROLE, EM, EM + APL, LL-R/Ct/Cp with and
@@ -19,8 +19,8 @@ import yaml
 
 import fixtures_datasets as fx
 from pamc import losses
-from pamc.cli import main
-from pamc.demo import CORE_ROWS, baseline_rows
+from pamc.apps.cli import main
+from pamc.apps.demo import CORE_ROWS, baseline_rows
 
 K = 2.0  # EPR / ROLE expected positives, given explicitly: the miniature formats have few classes
 DEMO = {row.slug: row for row in CORE_ROWS + baseline_rows()}

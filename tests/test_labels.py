@@ -150,7 +150,7 @@ def test_observation_means_the_same_in_training_and_prepare():
 
 
 def test_config_checks_observation_and_weights_before_any_data(capsys, tmp_path):
-    from pamc.cli import main
+    from pamc.apps.cli import main
     from pamc.config import resolve
 
     for bad in ("fraction:x", "fraction:1.5"):

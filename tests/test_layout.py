@@ -79,8 +79,8 @@ def _loads_torch(code: str) -> bool:
 
 def test_import_pamc_and_help_do_not_load_torch():
     assert not _loads_torch("import pamc")
-    assert not _loads_torch("from pamc.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass")
-    assert not _loads_torch("from pamc.cli import main\ntry:\n    main(['trian'])\nexcept SystemExit:\n    pass")
+    assert not _loads_torch("from pamc.apps.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass")
+    assert not _loads_torch("from pamc.apps.cli import main\ntry:\n    main(['trian'])\nexcept SystemExit:\n    pass")
     assert _loads_torch("import pamc\npamc.CamClassifier")
 
 

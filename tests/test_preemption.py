@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 
 import pamc
 from pamc.checkpoint import RunFolder
-from pamc.cli import main
+from pamc.apps.cli import main
 from pamc.engine import Run
 from pamc.errors import PamcError
 from pamc.hooks import Hook, tensorboard_available

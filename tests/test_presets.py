@@ -6,7 +6,7 @@ import torch
 
 import pamc
 from pamc import losses
-from pamc.cli import main as cli_main
+from pamc.apps.cli import main as cli_main
 from pamc.config import preset_descriptions, preset_files, resolve
 from pamc.data import DATASETS
 from pamc.data.sources.base import DATASET_INFO

@@ -13,11 +13,11 @@ import pytest
 import yaml
 
 from pamc.checkpoint import RunFolder
-from pamc.cli import main
+from pamc.apps.cli import main
 from pamc.config import TrainConfig, preset_files, resolve
 from pamc.errors import PamcError
 from pamc.published import PUBLISHED, fill_description, published_cell, row_label
-from pamc.table import build_table, collect, find_runs, read_run, render
+from pamc.apps.table import build_table, collect, find_runs, read_run, render
 
 
 def fake_run(folder, preset=None, seed=0, value=None, status=None, reason=None, **settings):

@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 import pamc
 from pamc import CamClassifier
 from pamc.checkpoint import CheckpointMeta, load_model, read_meta
-from pamc.cli import main
+from pamc.apps.cli import main
 from pamc.config import TrainConfig, make_config
 from pamc.errors import PamcError
 from pamc.models import BACKBONES, build_backbone
@@ -454,6 +454,7 @@ def test_sync_batchnorm_setting():
     assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in converted.modules())
     assert not any(type(m) is torch.nn.BatchNorm2d for m in converted.modules())
     assert {id(p) for p in converted.parameters()} == params  # the optimiser built before stays valid
-    from pamc.cli import build_parser, config_overrides
+    from pamc.apps.cli import build_parser
+    from pamc.apps.cli.train import config_overrides
 
     assert config_overrides(build_parser().parse_args(["train", "--sync-batchnorm"]))["sync_batchnorm"] is True

@@ -26,7 +26,7 @@ from PIL import Image
 from pamc import train
 from pamc.activation import boostlu
 from pamc.checkpoint import load_model
-from pamc.cli import main
+from pamc.apps.cli import main
 from pamc.data.transforms import normalize_uint8
 from pamc.explain import cams, upsample, write_view
 from pamc.inference import load_split

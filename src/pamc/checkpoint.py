@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import save_file
 
 from .errors import PamcError
+from .reference import REFERENCE_SEED
 from .files import atomic_write, read_yaml, write_json, write_text
 from .models import CamClassifier
 from .models.weights import load_state, read_state_dict
@@ -48,7 +49,7 @@ class CheckpointMeta:
     dataset: Optional[str] = None
     data: Optional[dict] = None  # the data settings that rebuild the training dataset
     observation: str = "auto"
-    observation_seed: int = 1200
+    observation_seed: int = REFERENCE_SEED
     #: the backbone weights the run started from: None (random init), {"name": file name, "sha256": ...}
     #: for a file, {"name": "imagenet"/"pretrained", "tag": ...} for published weights, {"name": "scenes", ...}
     weights: Optional[dict] = None

@@ -14,6 +14,7 @@ from typing import Any, Optional
 import yaml
 
 from .errors import PamcError
+from .reference import REFERENCE_SEED
 from .files import read_yaml
 
 
@@ -22,7 +23,7 @@ class TrainConfig:
     # data
     data: dict = field(default_factory=lambda: {"name": "scenes", "source": "digits"})
     observation: str = "auto"  # auto | as-given | full | single-positive | fraction:P (see pamc.labels)
-    observation_seed: int = 1200
+    observation_seed: int = REFERENCE_SEED
     # model
     backbone: str = "scene-cnn"
     backbone_weights: Optional[str] = None  # none | path | imagenet/pretrained (published) | scenes (pretrain on scene objects)

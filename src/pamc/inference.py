@@ -11,6 +11,7 @@ import torch
 from .checkpoint import CheckpointMeta, load_model, read_meta, resolve_checkpoint
 from .data import load_bundle
 from .errors import PamcError
+from .reference import REFERENCE_SEED
 from .labels import observe
 from .files import write_json
 from .metrics import average_precision, split_map, standard_metrics
@@ -43,7 +44,7 @@ def load_split(split: str, data: Optional[dict] = None, checkpoint: Optional[str
     part = getattr(checkpoint_data(meta, data), split)
     if part.observed is None and part.full is not None:
         part.observed = observe(part.full, None, meta.observation if meta else "auto",
-                                meta.observation_seed if meta else 1200, what=f"the {split} split")
+                                meta.observation_seed if meta else REFERENCE_SEED, what=f"the {split} split")
     return part
 
 

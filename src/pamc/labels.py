@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .errors import PamcError
+from .reference import REFERENCE_SEED
 
 
 def check_full_labels(full: np.ndarray, name: str = "full labels") -> np.ndarray:
@@ -50,7 +51,7 @@ def check_observed(observed, num_classes: Optional[int] = None, name: str = "obs
     return obs
 
 
-def single_positive(full_labels, seed: int = 1200, num_pos: int = 1, num_neg: int = 0) -> np.ndarray:
+def single_positive(full_labels, seed: int = REFERENCE_SEED, num_pos: int = 1, num_neg: int = 0) -> np.ndarray:
     """The reference single-positive observation (Cole et al. 2021, spec 1.3), reproduced exactly.
 
     A fresh RandomState(seed) per call; rows in order; per row the positive indices are shuffled
@@ -70,7 +71,7 @@ def single_positive(full_labels, seed: int = 1200, num_pos: int = 1, num_neg: in
     return observed
 
 
-def observe_fraction(full_labels, fraction: float, seed: int = 1200) -> np.ndarray:
+def observe_fraction(full_labels, fraction: float, seed: int = REFERENCE_SEED) -> np.ndarray:
     """Keep each label (positive as 1, negative as -1) with probability `fraction`, like OpenImages."""
     if not 0.0 <= fraction <= 1.0:
         raise PamcError(f"fraction must lie in [0, 1] (got {fraction})")
@@ -113,7 +114,7 @@ class Observation:
             return self
         return Observation.parse(default) if default else Observation("as-given" if has_observed else "single-positive")
 
-    def apply(self, full, observed, seed: int = 1200, what: str = "the data", default: Optional[str] = None):
+    def apply(self, full, observed, seed: int = REFERENCE_SEED, what: str = "the data", default: Optional[str] = None):
         """The observed labels (dense 1/0/-1, or the data's own sparse store) of one label set."""
         mode = self.resolve(observed is not None, default)
         if mode.mode == "as-given" and observed is not None:
@@ -128,7 +129,7 @@ class Observation:
         return observe_fraction(full, mode.fraction, seed=seed)
 
 
-def observe(full, observed, observation="auto", seed: int = 1200, what: str = "the data",
+def observe(full, observed, observation="auto", seed: int = REFERENCE_SEED, what: str = "the data",
             default: Optional[str] = None):
     """The observed labels of a label set (full 0/1 and/or observed) under `observation`."""
     return Observation.parse(observation).apply(full, observed, seed, what, default)

@@ -215,3 +215,15 @@ def boost_torchvision_file(arch: str, weights_file: str | Path, alpha: float, nu
         raise PamcError(f"weights file {weights_file} does not fit torchvision {arch}: {str(exc).splitlines()[0][:200]}"
                         ) from None
     return boost(model.eval(), alpha, probe_size).eval()
+
+
+def torchvision_checkpoint(spec: str, alpha: float):
+    """`ARCH=WEIGHTS_FILE` (as `pamc eval --torchvision` takes it) as a boosted model and the
+    checkpoint metadata evaluation reads, so a converted classifier evaluates like a pamc run."""
+    from .checkpoint import CheckpointMeta
+
+    arch, _, weights = spec.partition("=")
+    if not arch or not weights:
+        raise PamcError(f"--torchvision expects ARCH=WEIGHTS_FILE (got {spec!r})")
+    model = boost_torchvision_file(arch, weights, alpha)
+    return model, CheckpointMeta(backbone=arch, num_classes=model.num_classes, alpha=alpha)

@@ -35,6 +35,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ..errors import PamcError
+from ..reference import REFERENCE_SEED
 from ..labels import Observation
 from ..sparse_labels import SparseLabels
 from . import DATASETS, DatasetBundle, Split
@@ -138,7 +139,7 @@ def _write_split(out: Path, name: str, split: SourceSplit) -> dict:
     return entry
 
 
-def prepare(dataset: str, root: str | Path, out: str | Path, seed: int = 1200, val_fraction: float = 0.2,
+def prepare(dataset: str, root: str | Path, out: str | Path, seed: int = REFERENCE_SEED, val_fraction: float = 0.2,
             observation: str = "auto", overwrite: bool = False, missing: str = "fail",
             **options: Any) -> dict:
     """Read `dataset` from `root` and write it to `out` in pamc's format; returns a summary.

@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .checkpoint import RunFolder
-from .config import TrainConfig
-from .data import DatasetBundle
-from .engine import RunResult, train
-from .errors import PamcError
-from .hooks import Hook
-from .preemption import Preempted
+from ..checkpoint import RunFolder
+from ..config import TrainConfig
+from ..data import DatasetBundle
+from ..engine import RunResult, train
+from ..errors import PamcError
+from ..hooks import Hook
+from ..preemption import Preempted
 
 
 @dataclass

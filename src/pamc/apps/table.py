@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .checkpoint import RunFolder
-from .errors import PamcError
-from .published import DATASETS, METHODS, Published, published_cell, row_label
+from ..checkpoint import RunFolder
+from ..errors import PamcError
+from ..published import DATASETS, METHODS, Published, published_cell, row_label
 
 FORMATS = ("terminal", "markdown", "csv", "latex")
 
@@ -159,7 +159,7 @@ def flatten(values: dict, prefix: str = "") -> dict:
 
 def settings(config: dict) -> dict:
     """The settings that define what a run computes: flattened, defaults filled, `IGNORED` left out."""
-    from .config import TrainConfig
+    from ..config import TrainConfig
 
     return {k: v for k, v in flatten({**TrainConfig().to_dict(), **config}).items() if k not in IGNORED}
 
@@ -259,7 +259,7 @@ def _describe(values: list) -> str:
 
 def _preset_check(cell: Cell) -> None:
     """The published cell, where every run follows one preset that reproduces one (else a note)."""
-    from .config import resolve
+    from ..config import resolve
 
     presets = {r.config.get("preset") for r in cell.runs}
     if len(presets) != 1 or None in presets:

@@ -19,9 +19,9 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .config import TrainConfig
-from .engine import RunResult, train
-from .errors import PamcError
+from ..config import TrainConfig
+from ..engine import RunResult, train
+from ..errors import PamcError
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,7 @@ def prepare_demo(source: str, out: str, quick: bool, device: str, overwrite: boo
                  data_overrides: Optional[dict] = None, settings: Optional[dict] = None):
     """(results folder, scene settings, scenes, base run settings): the part every demo mode shares.
     `data_overrides` / `settings` change the scenes and run settings (smaller scenes for a check)."""
-    from .data.scenes import make_scenes
+    from ..data.scenes import make_scenes
 
     out_dir = Path(out)
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -185,7 +185,7 @@ def run_demo(source: str = "digits", out: str = "pamc-demo", quick: bool = False
     explanations = explanation_tables(rows, runs, bundle, out_dir / "explanations")
     (out_dir / "explanations.json").write_text(json.dumps(explanations["summary"], indent=2))
     print("\n" + explanations["text"])
-    from .explain import write_view
+    from ..explain import write_view
 
     write_view([runs[label][0].out for label in VIEWED_ROWS], bundle.test, out_dir / "view.html", labels=VIEWED_ROWS,
                max_images=12, split_name="test", device=device)
@@ -299,7 +299,7 @@ def summarise(rows: list[Row], runs: dict[str, list[RunResult]]) -> dict:
 def explanation_tables(rows: list[Row], runs: dict[str, list[RunResult]], bundle, out: Path) -> dict:
     """The explanation gap (scale and structure vs the full-label model) and localisation on the
     scenes' boxes, for every trained method (first seed); AN also with BoostLU applied post hoc."""
-    from .explain import compare_explanations
+    from ..explain import compare_explanations
 
     labels = [r.label for r in rows if r.label != "AN + BoostLU (inference only)"]
     summary = compare_explanations([runs[label][0].out for label in labels], bundle.test, out, labels=labels,
@@ -349,10 +349,10 @@ def results_table(results: dict) -> str:
 def save_cam_figure(full_run: Path, partial_run: Path, bundle, path: Path, alpha: float, images: int = 4) -> None:
     """image | CAM of the full-label model | CAM of the AN model | AN CAM boosted, one shared
     colour scale per row (not normalised per map: the difference in scale is the finding)."""
-    from .activation import boostlu
-    from .checkpoint import load_model
-    from .explain import cams, upsample
-    from .explain.figures import panel_grid, save
+    from ..activation import boostlu
+    from ..checkpoint import load_model
+    from ..explain import cams, upsample
+    from ..explain.figures import panel_grid, save
 
     full_model, _ = load_model(full_run)
     partial_model, _ = load_model(partial_run)

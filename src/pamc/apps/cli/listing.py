@@ -1,0 +1,40 @@
+"""`pamc presets` and `pamc list`: what is in the box."""
+from __future__ import annotations
+
+import argparse
+
+from .base import command
+
+
+def presets_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--show", metavar="NAME", help="print the resolved settings of one preset (its base: chain applied)")
+
+
+@command("presets", "list the named presets", presets_arguments)
+def presets(args: argparse.Namespace) -> int:
+    from ...config import preset_descriptions, resolve
+
+    if args.show:
+        import yaml
+
+        print(yaml.safe_dump(resolve(preset=args.show).to_dict(), sort_keys=False), end="")
+        return 0
+    for name, text in preset_descriptions().items():
+        print(f"{name:32s} {text}")
+    return 0
+
+
+@command("list", "list backbones, losses, datasets and presets")
+def listing(args: argparse.Namespace) -> int:
+    from ... import losses
+    from ...config import preset_descriptions
+    from ...data import DATASETS
+    from ...models import BACKBONES
+
+    print("backbones:", ", ".join(BACKBONES.names()))
+    for prefix, text in BACKBONES.families().items():
+        print(f"           {prefix}:NAME  {text}")
+    print("losses:   ", ", ".join(losses.names()))
+    print("datasets: ", ", ".join(DATASETS.names()))
+    print("presets:  ", ", ".join(preset_descriptions()))
+    return 0
