@@ -159,7 +159,7 @@ def make_config(values: dict) -> TrainConfig:
     check_mode("fused_adam", cfg.fused_adam, dict.fromkeys(SWITCHES))
     check_mode("tensorboard", cfg.tensorboard, dict.fromkeys(SWITCHES))
     if cfg.tensorboard == "on":
-        from .hooks import tensorboard_available
+        from .optional import tensorboard_available
 
         if not tensorboard_available():
             raise PamcError("tensorboard: on needs the tensorboard package: pip install 'pamc[tensorboard]' "

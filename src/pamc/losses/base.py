@@ -1,6 +1,8 @@
 """The contract every loss follows, and the label-feedback seam to the training engine.
 
-A loss is called as ``loss_fn(logits, observed, epoch=e, index=idx)`` and returns a scalar.
+A loss is called as ``loss_fn(logits, observed, epoch=e, index=idx)`` and returns a scalar; in
+training the engine calls ``training_loss(forward, batch)``, which does just that unless a method
+needs more than one forward pass or side inputs (the training-step seam, `engine.step`).
 ``observed`` uses 1 / 0 / -1 (soft negatives in (-1, 0)); ``epoch`` is 1-based; ``index`` holds
 the batch's dataset indices, needed only by losses with per-image state (ROLE).
 
@@ -51,6 +53,13 @@ class PartialLabelLoss(nn.Module):
     def compute(self, logits: torch.Tensor, observed: torch.Tensor, epoch: int,
                 index: Optional[torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
+
+    def training_loss(self, forward, batch) -> torch.Tensor:
+        """The loss of one training step (`engine.step`: `forward` runs the network, `batch` holds the
+        step's images, labels, rows and epoch).  One forward pass on the batch, then this loss on
+        its logits; a method that needs other views or side inputs overrides this -- the engine's
+        loop stays as it is."""
+        return self(forward(batch.images), batch.observed, epoch=batch.epoch, index=batch.index, gather=batch.gather)
 
     def epoch_end(self, epoch: int, observed: torch.Tensor, initial: torch.Tensor,
                   predict: Callable[[], torch.Tensor]) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
