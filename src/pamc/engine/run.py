@@ -8,7 +8,6 @@ sync points (`loop`), resumable state (`state`), status.json (`status`), model a
 """
 from __future__ import annotations
 
-import math
 import shutil
 import time
 import warnings
