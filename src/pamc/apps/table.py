@@ -30,7 +30,7 @@ from typing import Optional, Sequence
 
 from ..checkpoint import RunFolder
 from ..errors import PamcError
-from ..published import DATASETS, METHODS, Published, published_cell, row_label
+from ..published import DATASET_NAMES, METHODS, Published, published_cell, row_label
 
 FORMATS = ("terminal", "markdown", "csv", "latex")
 
@@ -232,7 +232,7 @@ def _row_key(label: str) -> tuple:
 
 
 def _column_key(name: str) -> tuple:
-    order = list(DATASETS)
+    order = list(DATASET_NAMES)
     return (order.index(name), "") if name in order else (len(order), name)
 
 
@@ -318,7 +318,7 @@ def collect(paths: Sequence[str | Path], metric: str = "test_map", best: str = "
 
 
 def column_name(dataset: str) -> str:
-    return DATASETS.get(dataset, dataset)
+    return DATASET_NAMES.get(dataset, dataset)
 
 
 def _cell_parts(cell: Cell, pm: str) -> tuple[str, str]:

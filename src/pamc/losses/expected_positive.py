@@ -3,7 +3,7 @@
 Both ignore the unobserved labels in the main term and instead pull the batch's mean number of
 predicted positives per image towards k, the known mean number of positives of the dataset
 (not estimated, as in the reference).  The engine passes the dataset's k where it has one
-(`DatasetBundle.info["expected_positives"]`, from `data.sources.DATASET_INFO` for the benchmarks).
+(`DatasetBundle.info["expected_positives"]`, from `data.sources.BENCHMARK_FACTS` for the benchmarks).
 
 Under DDP the batch mean uses the global batch through ``self.gather`` (the `gather` the engine passes with each call); for the regulariser's
 gradient to reach every process that function must be autograd-aware
@@ -23,9 +23,9 @@ from .base import NUM_CLASSES, NUM_IMAGES, Param, PartialLabelLoss, known_label_
 
 def _reference_values() -> str:
     """The reference k of each benchmark, for help text (the facts live with the datasets)."""
-    from ..data.sources.base import DATASET_INFO
+    from ..data.sources.base import BENCHMARK_FACTS
 
-    return ", ".join(f"{d} {v['expected_positives']}" for d, v in DATASET_INFO.items() if v["expected_positives"])
+    return ", ".join(f"{d} {v['expected_positives']}" for d, v in BENCHMARK_FACTS.items() if v["expected_positives"])
 
 
 def _check_k(name: str, k: Optional[float]) -> float:
