@@ -306,7 +306,8 @@ class Run:
                     hook.before_train(self)
                 self.before_first_epoch()
                 for epoch in range(self.epoch + 1, self.cfg.epochs + 1):
-                    self.end_epoch(epoch, self.epoch_loop(epoch))
+                    started = time.perf_counter()
+                    self.end_epoch(epoch, self.epoch_loop(epoch), started)
                 result = self.finish()
                 results = result.results
             finally:
@@ -328,13 +329,15 @@ class Run:
             self.ema.update_parameters(self.model)  # the EMA starts from the weights training starts from
         self._stop_between_epochs()
 
-    def end_epoch(self, epoch: int, stats: dict) -> None:
-        """After an epoch's steps: label feedback, validation, the record, the hooks, the checkpoint."""
+    def end_epoch(self, epoch: int, stats: dict, started: float) -> None:
+        """After an epoch's steps: label feedback, validation, the record, the hooks, the checkpoint.
+        `epoch_seconds` is the epoch's wall time in this process, steps to validation (an epoch
+        resumed mid-way counts from the resume)."""
         stats["label_edits"] += self.epoch_feedback(epoch)
         val_map = self.evaluate(self.bundle.val, self.val_targets)
         is_best = self.progress.record(epoch, val_map)
         record = {"epoch": epoch, "val_map": val_map, "best_epoch": self.progress.best_epoch, **stats,
-                  "stored_label_edits": self.store.num_edits()}
+                  "stored_label_edits": self.store.num_edits(), "epoch_seconds": time.perf_counter() - started}
         self.history.append(record)
         for hook in self.hooks:
             hook.after_epoch(self, record)
