@@ -137,7 +137,9 @@ class Run:
             return Runtime.from_config(cfg)
         amp = recorded["amp"] if cfg.amp == "auto" else cfg.amp
         channels_last = recorded["channels_last"] if cfg.channels_last == "auto" else cfg.channels_last
-        return Runtime.create(cfg.device, amp, channels_last, cfg.cudnn_benchmark)
+        rt = Runtime.create(cfg.device, amp, channels_last, cfg.cudnn_benchmark)
+        rt.choice = recorded.get("choice", "") if (amp, channels_last) == (recorded["amp"], recorded["channels_last"]) else ""
+        return rt
 
     def _training_labels(self) -> tuple:
         """The label store training edits, and the observed labels it starts from."""
