@@ -42,7 +42,9 @@ def test_cpu_auto_chooses_by_the_cpu_and_the_process_count(monkeypatch, feature,
     assert ("bf16 autocast" in rt.choice) == (expected[0] is not None) and rt.choice
     assert Runtime.create("cpu").amp_dtype is None and not Runtime.create("cpu").channels_last  # evaluation, inference
     explicit = Runtime.create("cpu", amp="off", channels_last="on", cpu_auto=True)
-    assert explicit.amp_dtype is None and explicit.channels_last
+    assert explicit.amp_dtype is None and explicit.channels_last and not explicit.choice  # nothing left to auto
+    half = Runtime.create("cpu", amp="off", cpu_auto=True)
+    assert half.amp_dtype is None and "bf16" not in half.choice.split(":")[-1] and half.for_evaluation() == half
     assert rt.for_evaluation().amp_dtype is None and rt.for_evaluation().channels_last == rt.channels_last
 
 

@@ -60,8 +60,8 @@ class TrainConfig:
     augment: str = "none"  # none | randaugment | randaugment+cutout (per image, on the device; flips always)
     # speed
     device: str = field(default="auto", metadata=INCIDENTAL)
-    amp: str = "auto"  # auto (bf16 on CUDA) | bf16 | off
-    channels_last: str = field(default="auto", metadata=INCIDENTAL)  # auto (on CUDA) | on | off
+    amp: str = "auto"  # auto (bf16 on CUDA; on a CPU with native bf16 for one process, see pamc.runtime) | bf16 | off
+    channels_last: str = field(default="auto", metadata=INCIDENTAL)  # auto (as amp) | on | off
     compile: str = field(default="off", metadata=INCIDENTAL)  # off | default | reduce-overhead | max-autotune
     fused_adam: str = field(default="auto", metadata=INCIDENTAL)
     sync_batchnorm: bool = False  # SyncBatchNorm under DDP on CUDA (global-batch statistics); CPU: not applied

@@ -82,8 +82,10 @@ class Runtime:
     amp_dtype: Optional[torch.dtype]
     channels_last: bool
     dist: Dist
-    #: why amp / channels_last are what they are, when `auto` chose them (printed once, recorded)
+    #: why amp / channels_last are what they are, when `auto` chose them on the CPU (printed once, recorded)
     choice: str = ""
+    #: bf16 chosen by `auto` on a CPU (then validation and test stay fp32: `for_evaluation`)
+    auto_bf16: bool = False
 
     @classmethod
     def create(cls, device: str = "auto", amp: str = "auto", channels_last: str = "auto",
@@ -109,16 +111,21 @@ class Runtime:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         fast = dev.type == "cuda"
-        choice = ""
-        if not fast and cpu_auto and "auto" in (amp, channels_last):
+        cpu_choice = cpu_auto and dev.type == "cpu" and "auto" in (amp, channels_last)
+        if cpu_choice:
             feature = native_bf16()
             fast = feature is not None and not dist.enabled
-            choice = (f"auto on this CPU ({feature}, native bf16; one process): bf16 autocast and channels_last for "
-                      "training, fp32 for validation and test" if fast else
-                      f"auto on this CPU ({'several processes' if dist.enabled else 'no native bf16'}): fp32, NCHW")
+            why = (f"{feature}, native bf16; one process" if fast else
+                   "several processes" if dist.enabled else "no native bf16")
         use_amp = fast if AMP_MODES[amp] is None else AMP_MODES[amp]
         use_cl = fast if CHANNELS_LAST_MODES[channels_last] is None else CHANNELS_LAST_MODES[channels_last]
-        return cls(dev, torch.bfloat16 if use_amp else None, use_cl, dist, choice)
+        choice = ""
+        if cpu_choice:
+            precision = ("bf16 autocast for training, fp32 for validation and test" if use_amp and amp == "auto"
+                         else "bf16 autocast" if use_amp else "fp32")
+            choice = f"auto on this CPU ({why}): {precision}, {'channels_last' if use_cl else 'NCHW'}"
+        return cls(dev, torch.bfloat16 if use_amp else None, use_cl, dist, choice,
+                   auto_bf16=cpu_choice and use_amp and amp == "auto")
 
     @classmethod
     def from_config(cls, cfg, cpu_auto: bool = False) -> "Runtime":
@@ -132,9 +139,11 @@ class Runtime:
                 **({"choice": self.choice} if self.choice else {})}
 
     def for_evaluation(self) -> "Runtime":
-        """Validation and test: on the CPU in fp32 even where training runs in bf16, so that
-        `pamc eval` of a checkpoint reproduces the run's numbers; on CUDA as training."""
-        return self if self.device.type == "cuda" else replace(self, amp_dtype=None)
+        """Validation and test: in fp32 where `auto` chose bf16 for training on the CPU, so that
+        `pamc eval` of a checkpoint (fp32 on the CPU) reproduces the run's numbers; otherwise as
+        training (on CUDA, or with an explicit --amp).  Label feedback and "+ LI" are training
+        and use the training precision."""
+        return replace(self, amp_dtype=None) if self.auto_bf16 else self
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -135,11 +135,18 @@ class Run:
         recorded = saved_state.get("runtime")
         if recorded is None:
             return Runtime.from_config(cfg)
+        rt = Runtime.from_config(cfg, cpu_auto=True)
+        if (recorded["device"], recorded["processes"]) != (rt.device.type, rt.dist.world_size):
+            if rt.dist.is_main and cfg.progress:  # another machine: auto decides anew
+                tqdm.write(f"pamc: this run began on {recorded['processes']} {recorded['device']} process(es); "
+                           f"{rt.choice or 'its settings apply as given'}")
+            return rt
         amp = recorded["amp"] if cfg.amp == "auto" else cfg.amp
         channels_last = recorded["channels_last"] if cfg.channels_last == "auto" else cfg.channels_last
-        rt = Runtime.create(cfg.device, amp, channels_last, cfg.cudnn_benchmark)
-        rt.choice = recorded.get("choice", "") if (amp, channels_last) == (recorded["amp"], recorded["channels_last"]) else ""
-        return rt
+        kept = Runtime.create(cfg.device, amp, channels_last, cfg.cudnn_benchmark)
+        same = (amp, channels_last) == (recorded["amp"], recorded["channels_last"])
+        return replace(kept, choice=recorded.get("choice", "") if same else "",
+                       auto_bf16=bool(recorded.get("choice")) and same and amp == "bf16")
 
     def _training_labels(self) -> tuple:
         """The label store training edits, and the observed labels it starts from."""
@@ -239,13 +246,12 @@ class Run:
             hook.before_checkpoint(self)
         where = {"step": step, "global_step": self.global_step} if step else {}
         self.folder.save_checkpoint(self.folder.LAST, self.model, self.meta(epoch, **where))
-        # the counters as of the checkpoint (the epoch in progress is not yet recorded as done)
-        progress = self.progress
-        done, progress.epoch, progress.step, progress.partial = progress.epoch, epoch, step, partial
-        try:
-            self.folder.save_state(self.state.state_dict())
-        finally:
-            progress.epoch, progress.step, progress.partial = done, 0, None
+        # the counters as of the checkpoint: `epoch` done, `step` steps of the next with its sums
+        state = {**self.state.state_dict(), "epoch": epoch, "step": step}
+        state.pop("partial", None)
+        if partial is not None:
+            state["partial"] = partial
+        self.folder.save_state(state)
         if is_best:
             extra = {} if self.ema is None else {"ema_decay": self.cfg.ema}
             best = self.model if self.ema is None else self.ema.module
@@ -301,20 +307,23 @@ class Run:
 
     # -- the protocol
     def fit(self) -> RunResult:
-        with self.stop, self.status.lifecycle(self.progress):
+        with self.stop:
+            self.status.started()
             results = None
             try:
-                for hook in self.hooks:
-                    hook.before_train(self)
-                self.before_first_epoch()
-                for epoch in range(self.epoch + 1, self.cfg.epochs + 1):
-                    started = time.perf_counter()
-                    self.end_epoch(epoch, self.epoch_loop(epoch), started)
-                result = self.finish()
-                results = result.results
+                with self.status.stopped():
+                    for hook in self.hooks:
+                        hook.before_train(self)
+                    self.before_first_epoch()
+                    for epoch in range(self.epoch + 1, self.cfg.epochs + 1):
+                        started = time.perf_counter()
+                        self.end_epoch(epoch, self.epoch_loop(epoch), started)
+                    result = self.finish()
+                    results = result.results
             finally:
                 for hook in self.hooks:
                     hook.after_train(self, results)
+            self.status.finished(self.epoch)
         return result
 
     def before_first_epoch(self) -> None:
