@@ -691,7 +691,10 @@
   if (review) buildReview();
   Promise.all(pictures.map((img) => img.decode())).then(() => {
     setImage(0);
-    if (review) showItem();
+    if (review) {  // suggestions were ranked at the model's evaluation alpha: show that one
+      setAlpha(models[0].eval_alpha);
+      showItem();
+    }
     window.pamcView.ready = true;
     document.body.dataset.ready = "true";
   });
