@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import pamc
 from pamc.apps.cli import main
@@ -145,3 +146,41 @@ def test_bad_decisions_are_one_line_errors_and_write_nothing(tmp_path):
         assert not (tmp_path / "new.csv").exists() and not (tmp_path / "new.csv.provenance.json").exists()
     code, _, stderr = run_cli(["labels", "merge", "--labels", labels, "--decisions", tmp_path / "d.csv", "--out", labels])
     assert code == 2 and "keeps the original" in stderr
+
+
+def test_own_images_from_training_to_a_reviewed_label_file(tiny_bundle, tiny_settings, tmp_path):
+    """The new user's path: own images with partial labels -> prepare -> train -> calibrate on
+    partial validation labels -> suggest -> decisions -> a new label file for the same images."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    names = tiny_bundle.class_names
+    rng = np.random.default_rng(0)
+    lines = ["image," + ",".join(names)]
+    for n, (image, full) in enumerate(zip(tiny_bundle.train.images.images[:40].numpy(), tiny_bundle.train.full[:40])):
+        Image.fromarray(image).save(photos / f"p{n:02d}.png")
+        cells = ["1" if (f and rng.random() < 0.5) else ("0" if (not f and rng.random() < 0.3) else "") for f in full]
+        lines.append(f"p{n:02d}.png," + ",".join(cells))
+    labels = photos / "labels.csv"
+    labels.write_text("\n".join(lines) + "\n")
+    original = labels.read_text()
+    code, _, stderr = run_cli(["prepare", "own", "--root", photos, "--out", tmp_path / "data", "--option", "labels=labels.csv"])
+    assert code == 0, stderr
+    run = pamc.train({**tiny_settings, "epochs": 1, "selection": "observed", "out": str(tmp_path / "run"),
+                      "data": {"name": "prepared", "path": str(tmp_path / "data"), "image_size": 32}}).out
+    code, stdout, stderr = run_cli(["calibrate", run, "--device", "cpu"])
+    assert code == 0 and "partial labels" in stdout, stderr
+    code, _, stderr = run_cli(["suggest-labels", run, "--out", tmp_path / "s.csv", "--top", "5", "--device", "cpu"])
+    assert code == 0, stderr
+    with open(tmp_path / "s.csv", newline="") as f:
+        suggestions = list(csv.DictReader(f))
+    decisions = tmp_path / "decisions.csv"
+    decisions_file(decisions, [[s["image"], s["class"], "accept", s["run"], s["suggested_at"], "ana", "t"]
+                               for s in suggestions[:3]])
+    code, _, stderr = run_cli(["labels", "merge", "--labels", labels, "--decisions", decisions, "--out", tmp_path / "new.csv"])
+    assert code == 0, stderr
+    assert labels.read_text() == original
+    paths, classes, before = read_table(labels)
+    _, _, after = read_table(tmp_path / "new.csv")
+    changed = {(paths[i], classes[c]) for i, c in zip(*np.nonzero(after != before))}
+    assert changed == {(s["image"], s["class"]) for s in suggestions[:3]}
+    assert (after[after != before] == 1).all()
