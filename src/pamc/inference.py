@@ -1,5 +1,5 @@
-"""Using trained checkpoints: evaluate on a dataset split at one or more BoostLU alphas, and
-predict labels for image files."""
+"""Using trained checkpoints: evaluate on a dataset split at one or more BoostLU alphas, tune
+per-class decision thresholds, and predict labels for image files and folders."""
 from __future__ import annotations
 
 import csv
@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .checkpoint import CheckpointMeta, load_model, read_meta, resolve_checkpoint
+from .checkpoint import CheckpointMeta, load_model, read_meta, resolve_checkpoint, write_meta
 from .data import load_bundle
 from .errors import PamcError
 from .reference import REFERENCE_SEED
@@ -21,6 +21,7 @@ from .files import write_json
 from .metrics import average_precision, split_map, standard_metrics
 from .models import eval_mode
 from .runtime import Runtime, predict
+from .thresholds import KEY, resolve_threshold, tune_thresholds
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
@@ -53,6 +54,30 @@ def load_split(split: str, data: Optional[dict] = None, checkpoint: Optional[str
     return part
 
 
+def calibrate(checkpoint: str, split: str = "val", alpha: Optional[float] = None, data: Optional[dict] = None,
+              device: str = "auto", store: bool = True) -> dict:
+    """Tune the checkpoint's per-class thresholds on `split` at `alpha` (default: its evaluation
+    alpha) and, with `store`, write them into its model.json.  Returns the stored entry."""
+    import datetime
+
+    folder = resolve_checkpoint(checkpoint)
+    model, meta = load_model(folder)
+    part = load_split(split, data, str(folder))
+    partial = part.full is None
+    labels = part.observed if partial else part.full
+    if labels is None:
+        raise PamcError(f"the {split} split has no labels to choose thresholds on; pass --data with labels")
+    alpha = meta.test_alpha if alpha is None else float(alpha)
+    rt = Runtime.create(device)
+    scores = predict(model.to(rt.device), part.images, rt, alpha=alpha)
+    entry = {**tune_thresholds(scores.numpy(), np.asarray(labels), partial), "alpha": alpha, "split": split,
+             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    if store:
+        meta.extra[KEY] = entry
+        write_meta(folder, meta)
+    return entry
+
+
 def check_split(split: str) -> None:
     if split not in ("train", "val", "test"):
         raise PamcError(f"unknown split {split!r}; valid: train, val, test")
@@ -70,8 +95,6 @@ def evaluate_checkpoint(checkpoint: str, split: str = "test", alphas: Optional[S
     `out` (.json or .csv), the rows.  `threshold` decides CP ... OF1: a number, "auto" (the
     checkpoint's calibrated per-class thresholds) or a file (`pamc.thresholds.resolve_threshold`).
     """
-    from .thresholds import resolve_threshold
-
     check_split(split)
     if out:
         check_rows_path(out)  # before the slow part
@@ -224,8 +247,6 @@ def predict_images(checkpoint: str, inputs: Sequence[str], out: Optional[str] = 
     see `pamc.thresholds.resolve_threshold` (None: the calibrated thresholds, else 0.5)."""
     from tqdm.auto import tqdm
     from torch.utils.data import DataLoader
-
-    from .thresholds import resolve_threshold
 
     model, meta = load_model(checkpoint)
     if top_k is not None and int(top_k) < 1:

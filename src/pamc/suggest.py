@@ -83,7 +83,8 @@ def rank_unobserved(values: np.ndarray, observed: np.ndarray) -> tuple[np.ndarra
 
 def run_thresholds(checkpoint, meta, alpha: float, data: Optional[dict], device: str) -> np.ndarray:
     """The checkpoint's calibrated thresholds at `alpha`: stored ones, else tuned now (not stored)."""
-    from .thresholds import KEY, calibrate, stored_thresholds
+    from .inference import calibrate
+    from .thresholds import KEY, stored_thresholds
 
     stored = stored_thresholds(meta)
     if stored is not None and abs(float(meta.extra[KEY]["alpha"]) - alpha) < 1e-9:

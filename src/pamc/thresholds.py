@@ -18,12 +18,12 @@ count:
   or 0.5 where the split has no positive at all.
 
 The thresholds belong to the alpha they were tuned at; they are stored in ``model.json`` under
-``extra["thresholds"]`` ({"values", "alpha", "split", "labels", "fallback", "created"}).
+``extra["thresholds"]`` ({"values", "alpha", "split", "labels", "fallback", "created"}) by
+`pamc.inference.calibrate` (`pamc calibrate`).
 """
 from __future__ import annotations
 
 import csv
-import datetime
 import json
 from pathlib import Path
 from typing import Optional
@@ -99,32 +99,6 @@ def stored_thresholds(meta) -> Optional[np.ndarray]:
     """The checkpoint's calibrated thresholds (C floats), or None where it has none."""
     entry = meta.extra.get(KEY)
     return None if not entry else np.asarray(entry["values"], dtype=np.float64)
-
-
-def calibrate(checkpoint: str, split: str = "val", alpha: Optional[float] = None, data: Optional[dict] = None,
-              device: str = "auto", store: bool = True) -> dict:
-    """Tune the checkpoint's per-class thresholds on `split` at `alpha` (default: its evaluation
-    alpha) and, with `store`, write them into its model.json.  Returns the stored entry."""
-    from .checkpoint import load_model, resolve_checkpoint, write_meta
-    from .inference import load_split
-    from .runtime import Runtime, predict
-
-    folder = resolve_checkpoint(checkpoint)
-    model, meta = load_model(folder)
-    part = load_split(split, data, str(folder))
-    partial = part.full is None
-    labels = part.observed if partial else part.full
-    if labels is None:
-        raise PamcError(f"the {split} split has no labels to choose thresholds on; pass --data with labels")
-    alpha = meta.test_alpha if alpha is None else float(alpha)
-    rt = Runtime.create(device)
-    scores = predict(model.to(rt.device), part.images, rt, alpha=alpha)
-    entry = {**tune_thresholds(scores.numpy(), np.asarray(labels), partial), "alpha": alpha, "split": split,
-             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    if store:
-        meta.extra[KEY] = entry
-        write_meta(folder, meta)
-    return entry
 
 
 def resolve_threshold(spec, meta, alpha: float):

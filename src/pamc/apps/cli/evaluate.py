@@ -101,7 +101,8 @@ def calibrate_arguments(p: argparse.ArgumentParser) -> None:
          calibrate_arguments)
 def calibrate(args: argparse.Namespace) -> int:
     from ...checkpoint import read_meta, resolve_checkpoint
-    from ...thresholds import calibrate as tune, write_threshold_csv
+    from ...inference import calibrate as tune
+    from ...thresholds import write_threshold_csv
 
     entry = tune(args.checkpoint, split=args.split, alpha=args.alpha, data=key_values(args.data, "--data") or None,
                  device=args.device, store=not args.no_store)

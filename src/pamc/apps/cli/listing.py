@@ -28,13 +28,13 @@ def presets(args: argparse.Namespace) -> int:
 def listing(args: argparse.Namespace) -> int:
     from ... import losses
     from ...config import preset_descriptions
-    from ...data import DATASETS
+    from ...data import LOADERS
     from ...models import BACKBONES
 
     print("backbones:", ", ".join(BACKBONES.names()))
     for prefix, text in BACKBONES.families().items():
         print(f"           {prefix}:NAME  {text}")
     print("losses:   ", ", ".join(losses.names()))
-    print("datasets: ", ", ".join(DATASETS.names()))
+    print("datasets: ", ", ".join(LOADERS.names()))
     print("presets:  ", ", ".join(preset_descriptions()))
     return 0
