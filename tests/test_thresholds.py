@@ -17,7 +17,7 @@ from pamc.apps.cli import main
 from pamc.checkpoint import load_model
 from pamc.errors import PamcError
 from pamc.inference import load_split
-from pamc.metrics import multilabel_metrics
+from pamc.metrics import multilabel_metrics, predicted_labels
 from pamc.runtime import Runtime, predict
 from pamc.thresholds import best_f1_threshold, tune_thresholds
 
@@ -77,6 +77,9 @@ def test_metrics_at_per_class_thresholds_match_sklearn():
     predicted = (scores >= thresholds).astype(int)
     p, r, _, _ = precision_recall_fscore_support(targets, predicted, average=None, zero_division=0)
     po, ro, fo, _ = precision_recall_fscore_support(targets, predicted, average="micro", zero_division=0)
+    assert (predicted_labels(scores, thresholds) == predicted.astype(bool)).all()
+    top1 = predicted_labels(scores, thresholds, top_k=1)
+    assert (top1 == (predicted.astype(bool) & (scores == scores.max(1, keepdims=True)))).all()
     got = multilabel_metrics(scores, targets, threshold=thresholds)
     assert got["CP"] == pytest.approx(100 * p.mean()) and got["CR"] == pytest.approx(100 * r.mean())
     assert got["OP"] == pytest.approx(100 * po) and got["OF1"] == pytest.approx(100 * fo)

@@ -18,7 +18,7 @@ from .errors import PamcError
 from .reference import REFERENCE_SEED
 from .labels import observe
 from .files import write_json
-from .metrics import average_precision, split_map, standard_metrics
+from .metrics import average_precision, predicted_labels, split_map, standard_metrics
 from .models import eval_mode
 from .runtime import Runtime, predict
 from .thresholds import KEY, resolve_threshold, tune_thresholds
@@ -200,14 +200,6 @@ class Predictions:
     top_k: Optional[int]
 
 
-def decide(scores: np.ndarray, threshold, top_k: Optional[int] = None) -> np.ndarray:
-    """Predicted labels (bool, same shape as `scores`): score >= threshold (one, or one per
-    class) and, with `top_k`, among the image's k highest scores (ties to the lower class)."""
-    from .metrics import _predicted
-
-    return _predicted(np.asarray(scores, dtype=np.float64), threshold, top_k)
-
-
 class _RowWriter:
     """Streams prediction rows to CSV (image, one column per class, predicted) or JSON lines."""
 
@@ -274,7 +266,7 @@ def predict_images(checkpoint: str, inputs: Sequence[str], out: Optional[str] = 
                     batch_paths = [paths[i] for i, _ in good]
                     kept += batch_paths
                     if writer:
-                        writer.write(batch_paths, scores.numpy(), decide(scores.numpy(), decision, top_k))
+                        writer.write(batch_paths, scores.numpy(), predicted_labels(scores.numpy(), decision, top_k))
                     else:
                         parts.append(scores)
                 bar.update(len(items))

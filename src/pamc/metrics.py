@@ -142,6 +142,14 @@ def standard_metrics(scores, targets, threshold=0.5, top_k=3, zero_division=0.0)
     return {**plain, **{f"{key}@{top_k}": value for key, value in top.items()}}
 
 
+def predicted_labels(scores, threshold=0.5, top_k=None) -> np.ndarray:
+    """The decisions the thresholded metrics count (bool, images x classes): score >= `threshold`
+    (one, or one per class) and, with `top_k`, among the image's k highest (ties to the lower class)."""
+    _check_options(threshold, top_k, 0.0)
+    scores = _finite(_host(_as_matrix(scores, "scores")))
+    return _predicted(scores, _per_class(threshold, scores.shape[1]), top_k)
+
+
 def _check_options(threshold, top_k, zero_division) -> None:
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
         raise PamcError(f"top_k must be a positive integer or None (got {top_k!r})")
