@@ -59,7 +59,8 @@ def run(tiny_settings, tmp_path_factory):
 
 def test_suggestions_rank_the_training_images_unobserved_labels(run, tmp_path):
     out = tmp_path / "s.csv"
-    code, stdout, stderr = run_cli(["suggest-labels", run, "--out", out, "--scale", "raw", "--device", "cpu"])
+    code, stdout, stderr = run_cli(["suggest-labels", run, "--out", out, "--scale", "raw", "--splits", "train",
+                                    "--device", "cpu"])
     assert code == 0, stderr
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))

@@ -308,13 +308,15 @@ def test_painted_colours_are_rdbu_of_the_python_values(page, data, models, test_
 
 @pytest.fixture(scope="module")
 def review(runs, tmp_path_factory):
-    """The review page of the first run's 8 best suggestions on its training images."""
+    """The review page of the first run's 8 best suggestions on its training and validation images."""
     from pamc.review import write_review
     from pamc.suggest import suggest_labels
 
     folder = tmp_path_factory.mktemp("review")
-    suggestions = suggest_labels(runs[0], how="rank", device="cpu", out=folder / "suggestions.csv").rows
-    return write_review(runs[0], suggestions, folder / "review.html", count=8, device="cpu"), suggestions[:8]
+    ranked = suggest_labels(runs[0], how="rank", device="cpu", out=folder / "suggestions.csv").rows
+    chosen = sorted([r for r in ranked if r["split"] == "train"][:4] + [r for r in ranked if r["split"] == "val"][:4],
+                    key=lambda r: r["rank"])  # both splits on one page
+    return write_review(runs[0], chosen, folder / "review.html", count=8, device="cpu"), chosen
 
 
 def test_review_page_holds_the_suggestions_with_their_maps(review, models):
@@ -323,10 +325,12 @@ def test_review_page_holds_the_suggestions_with_their_maps(review, models):
     items = data["review"]["items"]
     assert [(i["name"], data["class_names"][i["class"]], i["rank"]) for i in items] == \
         [(s["image"], s["class"], s["rank"]) for s in suggestions]
-    for item in items:  # each suggestion is a row of its image, with that image's training labels
+    assert {i["split"] for i in items} == {"train", "val"}
+    for item in items:  # each suggestion is a row of its image; training images show their labels
         entry = data["images"][item["image"]]
         assert entry["name"] == item["name"] and entry["classes"][item["row"]] == item["class"]
-        assert item["class"] not in entry["observed"]["positive"] + entry["observed"]["negative"]
+        if item["split"] == "train":
+            assert item["class"] not in entry["observed"]["positive"] + entry["observed"]["negative"]
 
 
 def review_state(page) -> dict:

@@ -108,11 +108,12 @@ class Suggestions:
         return text.getvalue()
 
 
-def suggest_labels(checkpoint: str | Path, splits: Sequence[str] = ("train",), data: Optional[dict] = None,
+def suggest_labels(checkpoint: str | Path, splits: Sequence[str] = ("train", "val"), data: Optional[dict] = None,
                    how: str = "margin", top: Optional[int] = None, alpha: Optional[float] = None,
                    device: str = "auto", batch_size: int = 64, out: Optional[str | Path] = None) -> Suggestions:
-    """Rank the unobserved (image, class) pairs of the checkpoint's training data (`splits` of
-    it, or of `data`) by evidence; keep the `top` best (default: all); with `out`, write the CSV.
+    """Rank the unobserved (image, class) pairs of the checkpoint's training and validation images
+    (`splits` of its data, or of `data`) by evidence, one ranking over all of them; keep the `top`
+    best (default: all); with `out`, write the CSV.
 
     Observed labels are the ones training saw (the checkpoint's observation protocol where the
     data carries full labels only)."""

@@ -10,8 +10,8 @@ from .base import command, key_values
 def suggest_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="run folder (uses best/) or checkpoint folder")
     p.add_argument("--out", default="suggestions.csv", help="the CSV to write (image, class, score, rank, ...)")
-    p.add_argument("--splits", nargs="+", default=["train"], choices=["train", "val", "test"],
-                   help="whose unobserved labels to rank (default: the training images)")
+    p.add_argument("--splits", nargs="+", default=["train", "val"], choices=["train", "val", "test"],
+                   help="whose unobserved labels to rank (default: the training and validation images)")
     p.add_argument("--scale", default="margin", choices=["margin", "rank", "raw"],
                    help="how classes are made comparable: margin past the calibrated threshold (default), "
                         "per-class rank, or the raw probability")
@@ -23,7 +23,7 @@ def suggest_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
 
 
-@command("suggest-labels", "rank the unobserved labels of the training images by evidence (and a review page)",
+@command("suggest-labels", "rank the unobserved labels of a run's images by evidence (and a review page)",
          suggest_arguments)
 def suggest_labels(args: argparse.Namespace) -> int:
     from ...suggest import suggest_labels as suggest
