@@ -38,7 +38,7 @@ from pamc.apps.demo import base_config, scene_settings
 from pamc.checkpoint import load_model
 from pamc.data.scenes import make_scenes
 from pamc.inference import load_split
-from pamc.metrics import mean_average_precision, multilabel_metrics
+from pamc.metrics import multilabel_metrics
 from pamc.runtime import Runtime, predict
 from pamc.suggest import COMPARABLE, comparable, evidence, rank_unobserved
 from pamc.thresholds import tune_thresholds

@@ -130,10 +130,10 @@ def export_arguments(p: argparse.ArgumentParser) -> None:
 
 @command("export", "the checkpoint as an ONNX model (alpha, class names and thresholds inside)", export_arguments)
 def export(args: argparse.Namespace) -> int:
-    try:
-        import onnx  # noqa: F401
-    except ImportError:
-        raise PamcError("pamc export needs onnx and onnxscript: pip install 'pamc[export]'") from None
+    from ...optional import available
+
+    if not (available("onnx") and available("onnxscript")):
+        raise PamcError("pamc export needs onnx and onnxscript: pip install 'pamc[export]'")
     from ...export import export_onnx, read_metadata
 
     path = export_onnx(args.checkpoint, args.out, cams=args.cams, alpha=args.alpha, image_size=args.image_size)
