@@ -128,6 +128,11 @@ def test_eval_at_the_calibrated_thresholds(calibrated, tmp_path):
     scores = predict(model, val.images, Runtime.create("cpu"), alpha=2.0)
     expected = multilabel_metrics(scores, val.full, threshold=np.array(meta.extra["thresholds"]["values"]))
     assert row["threshold"] == "per-class" and row["CF1"] == pytest.approx(expected["CF1"])
+    # the table `pamc calibrate --out` wrote is a threshold file too
+    code, _, stderr = run_cli(["eval", calibrated, "--split", "val", "--threshold", calibrated / "thresholds.csv",
+                               "--out", tmp_path / "f.json", "--device", "cpu"])
+    assert code == 0, stderr
+    assert json.loads((tmp_path / "f.json").read_text())["rows"][0]["CF1"] == pytest.approx(row["CF1"])
     # tuned at one alpha, they are refused at another
     code, _, stderr = run_cli(["eval", calibrated, "--threshold", "auto", "--alpha", "3", "--device", "cpu"])
     assert code == 2 and "tuned at alpha 2" in stderr

@@ -161,7 +161,8 @@ def read_threshold_file(path: str | Path, class_names, num_classes: int) -> np.n
 
 
 def write_threshold_csv(path: str | Path, entry: dict, class_names) -> None:
-    """The thresholds as CSV: class, threshold, f1 (on the tuning split), fallback (yes/no)."""
+    """The thresholds as CSV: class, threshold (exact: read back, it decides as the stored one), f1
+    (on the tuning split), fallback (yes / no)."""
     from .files import write_text
     import io
 
@@ -170,6 +171,6 @@ def write_threshold_csv(path: str | Path, entry: dict, class_names) -> None:
     w.writerow(["class", "threshold", "f1", "fallback"])
     for c, name in enumerate(class_names):
         f1 = entry["f1"][c]
-        w.writerow([name, f"{entry['values'][c]:.6g}", "" if f1 is None else f"{f1:.4f}",
+        w.writerow([name, repr(float(entry['values'][c])), "" if f1 is None else f"{f1:.4f}",
                     "yes" if c in entry["fallback"] else "no"])
     write_text(path, text.getvalue())
