@@ -24,6 +24,7 @@ The thresholds belong to the alpha they were tuned at; they are stored in ``mode
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Optional
@@ -31,6 +32,7 @@ from typing import Optional
 import numpy as np
 
 from .errors import PamcError
+from .files import write_text
 
 KEY = "thresholds"
 DEFAULT = 0.5
@@ -163,14 +165,11 @@ def read_threshold_file(path: str | Path, class_names, num_classes: int) -> np.n
 def write_threshold_csv(path: str | Path, entry: dict, class_names) -> None:
     """The thresholds as CSV: class, threshold (exact: read back, it decides as the stored one), f1
     (on the tuning split), fallback (yes / no)."""
-    from .files import write_text
-    import io
-
     text = io.StringIO()
     w = csv.writer(text, lineterminator="\n")
     w.writerow(["class", "threshold", "f1", "fallback"])
     for c, name in enumerate(class_names):
         f1 = entry["f1"][c]
-        w.writerow([name, repr(float(entry['values'][c])), "" if f1 is None else f"{f1:.4f}",
+        w.writerow([name, repr(float(entry["values"][c])), "" if f1 is None else f"{f1:.4f}",
                     "yes" if c in entry["fallback"] else "no"])
     write_text(path, text.getvalue())

@@ -563,7 +563,10 @@
       option.value = String(c);
       return option;
     }));
-    $("review-class").addEventListener("change", (e) => setFilter(e.target.value));
+    $("review-class").addEventListener("change", (e) => {
+      setFilter(e.target.value);
+      e.target.blur();  // so that a / r / j / k act on the suggestions again, not on the picker
+    });
     $("accept").addEventListener("click", () => decideItem("accept"));
     $("reject").addEventListener("click", () => decideItem("reject"));
     $("review-export").addEventListener("click", exportDecisions);
