@@ -74,9 +74,10 @@ def predict(args: argparse.Namespace) -> int:
     from ...inference import predict_images
     from ...runtime import auto_workers
 
+    workers = auto_workers() if args.workers is None else args.workers
     result = predict_images(args.checkpoint, args.images, out=args.out, alpha=args.alpha, threshold=args.threshold,
                             top_k=args.top_k, device=args.device, image_size=args.image_size,
-                            batch_size=args.batch_size, num_workers=auto_workers() if args.workers is None else args.workers, progress=sys.stderr.isatty())
+                            batch_size=args.batch_size, num_workers=workers, progress=sys.stderr.isatty())
     if args.out:
         print(f"scores for {len(result.paths)} images written to {args.out}")
     else:
