@@ -74,7 +74,7 @@ class Run:
         if self.rt.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.loss_fn = build_loss(cfg, len(self.bundle.train), self.bundle.num_classes, observed,
-                                  self.bundle.info.get("expected_positives")).to(self.rt.device)
+                                  self.bundle.info.get("expected_positives"), self.bundle.train.full).to(self.rt.device)
         self.batches = GlobalBatches(len(self.bundle.train), cfg.batch_size, cfg.seed, self.rt.dist)
         self.optimizer = build_optimizer(self.model, self.loss_fn, cfg, self.rt)
         self.scheduler = build_scheduler(self.optimizer, cfg, len(self.batches))
@@ -336,7 +336,7 @@ class Run:
                    "test_map": split_map(scores, test_targets), "test_metrics": standard_metrics(scores, test_targets),
                    "val_map": self.progress.best_map, "best_epoch": self.progress.best_epoch, "epochs": self.cfg.epochs,
                    "seed": self.cfg.seed, "dataset": self.bundle.name, "world_size": self.rt.dist.world_size,
-                   "stored_label_edits": self.store.num_edits()}
+                   "stored_label_edits": self.store.num_edits(), **self.loss_fn.results()}
         if self.main:
             self.folder.write_results(results)
         return RunResult(self.out, results)
