@@ -45,9 +45,9 @@ def build_loss(cfg: TrainConfig, num_images: int, num_classes: int, observed,
         raise PamcError(f"method {cfg.method!r} uses no per-image scores; leave out --scores")
     scores = None
     if cfg.scores is not None and "scores" in accepted:
-        from ..pseudo import load_scores
+        from ..vlscores import scores_for_run
 
-        scores = load_scores(cfg.scores, num_images, num_classes)
+        scores = scores_for_run(cfg.scores, cfg.data, num_images, num_classes)
     context = {"num_images": num_images, "num_classes": num_classes, "num_epochs": cfg.epochs,
                "init_observed": torch.as_tensor(observed) if not hasattr(observed, "batch") else None,
                "seed": cfg.seed, "k": expected_positives, "scores": scores,

@@ -337,6 +337,10 @@ class Run:
                    "val_map": self.progress.best_map, "best_epoch": self.progress.best_epoch, "epochs": self.cfg.epochs,
                    "seed": self.cfg.seed, "dataset": self.bundle.name, "world_size": self.rt.dist.world_size,
                    "stored_label_edits": self.store.num_edits(), **self.loss_fn.results()}
+        if self.cfg.scores is not None:  # an extra resource: a frozen vision-language scorer
+            from ..vlscores import describe_scores
+
+            results["extra_resources"] = describe_scores(self.cfg.scores)
         if self.main:
             self.folder.write_results(results)
         return RunResult(self.out, results)

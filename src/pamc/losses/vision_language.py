@@ -33,7 +33,7 @@ class PseudoLabelled(PartialLabelLoss):
         if pseudo_labels is None:
             if scores is None:
                 raise PamcError(f"{self.name} needs vision-language scores of the training images: make them with "
-                                f"`pamc pseudo-label` (or bring a .npy) and pass --scores FILE")
+                                f"`pamc pseudo-label` (or bring a .npy) and pass --scores FILE (on the scenes: --scores stand-in)")
             pseudo_labels = self.rule(rules.as_views(scores), init_observed)
         pseudo_labels = torch.as_tensor(pseudo_labels).to(torch.int8)
         if pseudo_labels.ndim != 2:
