@@ -11,7 +11,9 @@ import torch
 import pamc
 from pamc import losses
 from pamc.errors import PamcError
+from pamc.apps.table import _published_text, read_run
 from pamc.losses.ignore import cam_mask
+from pamc.published import PUBLISHED
 from pamc.pseudo import aevlp_pseudo_labels, check_scores, pseudo_label_quality, vlpl_pseudo_labels
 
 
@@ -261,5 +263,15 @@ def test_the_three_methods_train_end_to_end(tiny_config, tiny_bundle, tmp_path):
         if method != "ignore":
             quality = result.results["pseudo_labels"]
             assert quality["pseudo_positives"] > 0 and 0 <= quality["precision"] <= 1
+            # an extra resource, said in results.json and in `pamc table`'s row
+            assert result.results["extra_resources"]["short"] == "own scores"
+            assert read_run(result.out).row == {"vlpl": "VLPL", "gpr": "AEVLP"}[method] + " [uses own scores]"
+        else:
+            assert "extra_resources" not in result.results and read_run(result.out).row == "IGNORE"
     with pytest.raises(PamcError, match="uses no per-image scores"):
         pamc.train({**config, "method": "an", "scores": str(path), "out": str(tmp_path / "an")}, bundle=tiny_bundle)
+
+
+def test_published_rows_that_used_clip_are_starred():
+    assert _published_text(PUBLISHED["voc-aevlp"]) == "90.46*" and PUBLISHED["cub-vlpl"].extra.startswith("CLIP")
+    assert _published_text(PUBLISHED["voc-gr"]) == "89.83" and "voc-ignore" not in PUBLISHED

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 import fixtures_datasets as fx
 from pamc.apps.cli import main
 from pamc.data import load_bundle
+from pamc.vlscores import describe_scores
 
 open_clip = pytest.importorskip("open_clip", reason="open_clip_torch (pamc[clip]) is not installed")
 transformers = pytest.importorskip("transformers", reason="transformers (pamc[clip]) is not installed")
@@ -114,6 +115,7 @@ def test_open_clip_scores_end_to_end(voc, tiny_open_clip, tmp_path):
     with torch.no_grad():
         text = model.encode_text(tokens)
     check_against_model(path, voc, model.encode_image, text)
+    assert describe_scores(str(path)) == {"short": "CLIP", "what": f"open_clip {config} (frozen), global view + 2 x 2 tiles"}
     # the same call reuses the stored scores; another prompt is another key
     stamp = path.stat().st_mtime_ns
     code, again, _ = run_cli(args)
