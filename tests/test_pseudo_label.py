@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -179,7 +180,7 @@ def test_an_interrupted_scoring_resumes_where_it_stopped(voc, tiny_open_clip, tm
     assert not (resumed.parent / "progress.json").exists() and not (resumed.parent / "scores.partial.npy").exists()
 
 
-def test_the_scenes_stand_in_and_a_preset_on_a_miniature(voc, tmp_path):
+def test_the_scenes_stand_in_and_a_users_own_scores(voc, tmp_path):
     data = {"name": "scenes", "source": "digits", "n_train": 40, "n_val": 16, "n_test": 16, "canvas": 32,
             "object_scale": [10, 14], "seed": 0}
     code, out, err = run_cli(["pseudo-label", *[f"--data={k}={json.dumps(v)}" for k, v in data.items()],
@@ -188,24 +189,63 @@ def test_the_scenes_stand_in_and_a_preset_on_a_miniature(voc, tmp_path):
     scores = np.load(out.split("scores: ")[1].split()[0])
     assert scores.shape == (40, 5, 10)
     np.testing.assert_allclose(scores.astype(np.float32).sum(-1), 1.0, atol=1e-2)
-    # a user's own score file, checked and used by `pamc train --preset voc-aevlp` on the miniature VOC
+    # a user's own score file, checked against the miniature VOC
     n = len(load_bundle({"name": "prepared", "path": str(voc)}).train)
     own = tmp_path / "own.npy"
     np.save(own, np.random.default_rng(0).dirichlet(np.ones(20) * 0.2, size=(n, 5)).astype(np.float16))
     code, out, err = run_cli(["pseudo-label", "--data", f"path={voc}", "--scores", own])
     assert code == 0 and "precision" in out, err
-    for preset in ("voc-aevlp", "voc-vlpl", "voc-ignore"):
+
+
+#: dataset -> (miniature, `pamc prepare` arguments, the preset's data folder name)
+MINIATURES = {"voc": (lambda root: fx.make_voc(root, extra_train=6), ["voc"]), "coco": (fx.make_coco, ["coco"]),
+              "nuswide": (fx.make_nuswide_formatted, ["nuswide", "--option", "variant=formatted"]),
+              "cub": (fx.make_cub, ["cub", "--val-fraction", "0.5"])}
+
+
+@pytest.fixture(scope="module")
+def miniatures(tmp_path_factory, pamc_cache):
+    base = tmp_path_factory.mktemp("miniatures")
+    out = {}
+    for name, (make, args) in MINIATURES.items():
+        folder = base / name / "prepared"
+        assert run_cli(["prepare", args[0], "--root", make(base / name / "raw"), "--out", folder, *args[1:]])[0] == 0
+        out[name] = folder
+    return out
+
+
+@pytest.mark.parametrize("dataset", MINIATURES)
+def test_every_preset_trains_on_the_miniature_datasets(dataset, miniatures, tmp_path):
+    folder = miniatures[dataset]
+    bundle = load_bundle({"name": "prepared", "path": str(folder)})
+    for method in ("aevlp", "vlpl", "ignore"):
+        preset = f"{dataset}-{method}"
+        flags = []
+        if method != "ignore":  # scores for the views the preset's command line names (--grid G)
+            grid = preset_grid(preset)
+            scores = np.random.default_rng(1).dirichlet(np.ones(bundle.num_classes) * 0.3,
+                                                        size=(len(bundle.train), 1 + grid * grid))
+            np.save(tmp_path / f"{method}.npy", scores.astype(np.float16))
+            flags = ["--scores", tmp_path / f"{method}.npy"]
         run = tmp_path / preset
-        flags = ["--scores", own] if preset != "voc-ignore" else []
-        code, _, err = run_cli(["train", "--preset", preset, "--data", f"path={voc}", "--data", "image_size=32",
+        code, _, err = run_cli(["train", "--preset", preset, "--data", f"path={folder}", "--data", "image_size=32",
                                 "--backbone", "scene-cnn", "--backbone-weights", "none", "--epochs", "1",
-                                "--batch-size", "4", "--device", "cpu", "--num-workers", "0", "--no-progress",
+                                "--batch-size", "2", "--device", "cpu", "--num-workers", "0", "--no-progress",
                                 *flags, "--out", run])
         assert code == 0, err
         results = json.loads((run / "results.json").read_text())
-        assert results["method"] == {"voc-aevlp": "gpr", "voc-vlpl": "vlpl", "voc-ignore": "ignore"}[preset]
-        if preset != "voc-ignore":
-            assert results["pseudo_labels"]["precision"] is None or 0 <= results["pseudo_labels"]["precision"] <= 1
+        assert results["method"] == {"aevlp": "gpr", "vlpl": "vlpl", "ignore": "ignore"}[method]
+        if method != "ignore":
+            assert "pseudo_labels" in results and results["extra_resources"]["short"] == "own scores"
+
+
+def preset_grid(preset: str) -> int:
+    """The --grid of the `pamc pseudo-label` command a preset's description gives."""
+    from pamc.config import preset_descriptions
+
+    match = re.search(r"--grid (\d+)", preset_descriptions()[preset])
+    assert match, preset
+    return int(match.group(1))
 
 
 @pytest.mark.parametrize("case", ["shape", "classes", "range", "names-count", "names-key", "checkpoint", "hub",
