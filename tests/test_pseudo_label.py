@@ -279,3 +279,19 @@ def test_bad_input_is_one_line_and_writes_nothing(case, voc, tiny_open_clip, tmp
                         "--backbone-weights", "none", "--device", "cpu", "--out", run], "--scores")
         assert not run.exists()
     assert not (tmp_path / "store").exists()
+
+
+def test_prompt_names_and_views():
+    from pamc.vlscores import prompt_name, prompts, views
+
+    assert prompt_name("has_bill_shape::curved_(up_or_down)") == "bill shape curved (up or down)"
+    assert prompt_name("001.Black_footed_Albatross") == "Black footed Albatross"
+    assert prompts(["tvmonitor", "cat"]) == ["a photo of a tv monitor.", "a photo of a cat."]
+    # a 4 x 4 image of four constant quadrants -> the global view (resized to 2) and the 2 x 2 tiles, row by row
+    image = torch.zeros(1, 3, 4, 4, dtype=torch.uint8)
+    image[..., :2, 2:], image[..., 2:, :2], image[..., 2:, 2:] = 51, 102, 255
+    v = views(image, resolution=2, grid=2)
+    assert v.shape == (1, 5, 3, 2, 2)
+    assert [float(t.mean()) for t in v[0, 1:]] == pytest.approx([0.0, 0.2, 0.4, 1.0])
+    whole = v[0, 0, 0].flatten()  # the whole image at half size, antialiased: each pixel mostly its quadrant
+    assert whole.argsort().tolist() == [0, 1, 2, 3] and float(whole.mean()) == pytest.approx(0.4)
