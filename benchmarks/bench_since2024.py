@@ -34,7 +34,7 @@ from pamc.vlscores import STAND_IN_GRID, compute_scores, dataset_identity, scene
 
 def rows():
     base = {r.slug: r for r in CORE_ROWS + baseline_rows()}
-    out = [(f"{base[s].label} | {name}", base[s], a, e) for s in ("ignore", "vlpl", "aevlp") for name, a, e in GRID_VARIANTS]
+    out = [(f"{base[s].label}, {name}", base[s], a, e) for s in ("ignore", "vlpl", "aevlp") for name, a, e in GRID_VARIANTS]
     out.append(("LL-R + BoostLU", base["ll-r-boost"], BOOST, BOOST))
     out.append(("GR", base["gr"], 1.0, 1.0))
     return out
@@ -75,7 +75,7 @@ def scoring_costs(epochs: int, batch_size: int) -> dict:
     def once() -> float:
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
-            compute_scores(images, scorer, tmp, identity, STAND_IN_GRID, batch_size=32, progress=False)
+            compute_scores(images, scorer, tmp, identity, STAND_IN_GRID, batch_size=batch_size, progress=False)
             return time.perf_counter() - start
 
     before = once()
