@@ -18,7 +18,7 @@ import torch.nn.functional as F
 import fixtures_datasets as fx
 from pamc.apps.cli import main
 from pamc.data import load_bundle
-from pamc.vlscores import describe_scores
+from pamc.vlscores import describe_scores, scores_for_run
 
 open_clip = pytest.importorskip("open_clip", reason="open_clip_torch (pamc[clip]) is not installed")
 transformers = pytest.importorskip("transformers", reason="transformers (pamc[clip]) is not installed")
@@ -184,11 +184,15 @@ def test_the_scenes_stand_in_and_a_users_own_scores(voc, tmp_path):
     data = {"name": "scenes", "source": "digits", "n_train": 40, "n_val": 16, "n_test": 16, "canvas": 32,
             "object_scale": [10, 14], "seed": 0}
     code, out, err = run_cli(["pseudo-label", *[f"--data={k}={json.dumps(v)}" for k, v in data.items()],
-                              "--stand-in", "--grid", "2", "--no-progress"])
+                              "--stand-in", "--no-progress"])
     assert code == 0, err
-    scores = np.load(out.split("scores: ")[1].split()[0])
-    assert scores.shape == (40, 5, 10)
+    path = out.split("scores: ")[1].split()[0]
+    scores = np.load(path)
+    assert scores.shape == (40, 5, 10)  # the global view and 2 x 2 tiles
     np.testing.assert_allclose(scores.astype(np.float32).sum(-1), 1.0, atol=1e-2)
+    # the file a run with `--scores stand-in` uses: the same one, made once
+    assert torch.equal(scores_for_run("stand-in", data, 40, 10), torch.from_numpy(scores).float())
+    assert describe_scores(path)["short"] == describe_scores("stand-in")["short"] == "scene stand-in"
     # a user's own score file, checked against the miniature VOC
     n = len(load_bundle({"name": "prepared", "path": str(voc)}).train)
     own = tmp_path / "own.npy"

@@ -23,8 +23,8 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--template", default="a photo of a {}.", help="prompt template, {} = the class name")
     p.add_argument("--class-names", metavar="FILE", help="names for the prompts: .txt one per class in "
                    "classes.txt order, or .json/.yaml {dataset class: name}")
-    p.add_argument("--grid", type=int, default=4, help="g: the global view plus g x g tiles (0: global only; "
-                   "AEVLP 4, CUB 5)")
+    p.add_argument("--grid", type=int, help="g: the global view plus g x g tiles (0: global only; default 4 as "
+                   "AEVLP, CUB 5; the stand-in 2, as `--scores stand-in`)")
     p.add_argument("--temperature", type=float, help="T of softmax(cos / T) (CLIP default 0.01, CUB 0.1; "
                    "stand-in default 1 on its classifier's logits)")
     p.add_argument("--normalization", default="model", choices=["model", "imagenet"],
@@ -55,9 +55,12 @@ def pseudo_label(args: argparse.Namespace) -> int:
     if args.scores:
         result = check_score_file(data, args.scores)
     else:
+        from ...vlscores import STAND_IN_GRID
+
         scorer = "open_clip" if args.open_clip else "transformers" if args.hf else "stand-in"
+        grid = args.grid if args.grid is not None else STAND_IN_GRID if scorer == "stand-in" else 4
         result = score_training_images(data, scorer, arch=args.open_clip, checkpoint=args.checkpoint, model=args.hf,
-                                       template=args.template, class_names=args.class_names, grid=args.grid,
+                                       template=args.template, class_names=args.class_names, grid=grid,
                                        temperature=args.temperature, normalization=args.normalization,
                                        batch_size=args.batch_size, out=args.out, device=args.device,
                                        progress=not args.no_progress)
