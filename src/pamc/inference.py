@@ -15,7 +15,7 @@ from .reference import REFERENCE_SEED
 from .labels import observe
 from .files import write_json
 from .metrics import average_precision, split_map, standard_metrics
-from .runtime import Runtime, predict
+from .runtime import Runtime, auto_workers, predict
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
@@ -81,7 +81,7 @@ def evaluate_checkpoint(checkpoint: str, split: str = "test", alphas: Optional[S
     alphas = list(alphas or [meta.test_alpha])
     rows, per_class = [], {}
     for alpha in alphas:
-        scores = predict(model, part.images, rt, alpha=alpha)
+        scores = predict(model, part.images, rt, alpha=alpha, num_workers=auto_workers())
         rows.append({"alpha": float(alpha), "map": split_map(scores, targets), **standard_metrics(scores, targets)})
         if per_class_csv and part.full is not None:
             per_class[alpha] = average_precision(scores, part.full) * 100
@@ -142,7 +142,7 @@ def predict_images(checkpoint: str, inputs: Sequence[str], out_csv: Optional[str
     paths = image_paths(inputs)
     size = int(image_size or meta.image_size or 448)
     images = ImageFiles([str(p) for p in paths], root=".", size=size)  # paths are absolute or relative to the cwd
-    scores = predict(model, images, rt, alpha=meta.test_alpha if alpha is None else alpha)
+    scores = predict(model, images, rt, alpha=meta.test_alpha if alpha is None else alpha, num_workers=auto_workers())
     names = list(meta.class_names or [f"class_{c}" for c in range(meta.num_classes)])
     if out_csv:
         with open(out_csv, "w", newline="") as f:
