@@ -24,8 +24,6 @@ class PseudoLabelled(PartialLabelLoss):
     """A loss with one pseudo-label per entry (1 / 0 / -1), fixed for the run: given directly as
     ``pseudo_labels`` (N x C) or made from ``scores`` (N x V x C) by `rule`."""
 
-    name = "?"
-
     def rule(self, scores: torch.Tensor, observed) -> torch.Tensor:
         raise NotImplementedError
 
@@ -71,7 +69,6 @@ class VisionLanguagePseudoLabel(PseudoLabelled):
     choice, off by default].  Observed negatives (-1) cost nlog(1 - p), as in pamc's EM.
     """
 
-    name = "vlpl"
     params = {"alpha": Param(low=0), "beta": Param(low=0), "rho": Param(0, 1), "threshold": Param(0, 1),
               "warmup_epochs": Param(low=0, integer=True), "negative_fraction": Param(0, 1, high_open=True)}
 
@@ -117,7 +114,6 @@ class GeneralizedPseudoRobust(PseudoLabelled, GeneralizedRobust):
     Pseudo-positives: AEVLP's DAMP rule with ``eta0``, ``tau``, ``top_k`` (`pseudo.aevlp_pseudo_labels`).
     """
 
-    name = "gpr"
     params = {**GeneralizedRobust.params, "rho": Param(0, 1), "reg": Param(low=0), "k": Param(low=0, low_open=True),
               "eta0": Param(0, 1), "tau": Param(0, 1), "top_k": Param(low=1, integer=True)}
 
