@@ -1,6 +1,6 @@
 """IGNORE, VLPL and AEVLP on the quick demo's scenes, next to LL-R + BoostLU and GR (docs/state-of-the-art.md).
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_since2024.py --out bench-sota --seeds 0 1 2
+    OMP_NUM_THREADS=1 python benchmarks/bench_since2024.py --out bench-sota --seeds 0 1 2 [--amp off]
 
 Every method of spec since-2024 is trained without BoostLU, with it at inference only and with it
 in training and inference (alpha 5), beside LL-R + BoostLU and GR, on the scenes of
@@ -40,9 +40,9 @@ def rows():
     return out
 
 
-def train_all(out: Path, seeds: list[int]) -> dict:
+def train_all(out: Path, seeds: list[int], amp: str) -> dict:
     data = scene_settings("digits", quick=True)
-    base = base_config(data, quick=True, device="cpu")
+    base = {**base_config(data, quick=True, device="cpu"), "amp": amp}
     table = {}
     for label, row, alpha, eval_alpha in rows():
         for seed in seeds:
@@ -128,17 +128,19 @@ def main() -> None:
     p.add_argument("--out", default="bench-sota")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--costs-only", action="store_true", help="measure only the scoring costs")
+    p.add_argument("--amp", default="off", help="training precision: off (fp32, as docs/state-of-the-art.md "
+                   "measured) or auto (bf16 autocast on CPUs with native bf16)")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     base = base_config(scene_settings("digits", quick=True), quick=True, device="cpu")
     costs = scoring_costs(base["epochs"], base["batch_size"])
     print(json.dumps(costs), flush=True)
-    table = {} if args.costs_only else train_all(out, args.seeds)
+    table = {} if args.costs_only else train_all(out, args.seeds, args.amp)
     rows_ = summary(table)
-    (out / "results.json").write_text(json.dumps({"rows": rows_, "scoring": costs, "seeds": args.seeds,
-                                                  "torch": torch.__version__, "threads": torch.get_num_threads()},
-                                                 indent=1))
+    record = {"rows": rows_, "scoring": costs, "seeds": args.seeds, "amp": args.amp, "torch": torch.__version__,
+              "threads": torch.get_num_threads()}
+    (out / "results.json").write_text(json.dumps(record, indent=1))
     print(markdown(rows_, costs))
 
 
