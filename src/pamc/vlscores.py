@@ -164,10 +164,15 @@ def open_clip_scorer(arch: str, checkpoint: str | Path, texts: Sequence[str], te
     dev = torch.device(device)
     try:
         model = open_clip.create_model(arch, pretrained=str(weights), device=dev)
-    except (RuntimeError, KeyError, ValueError) as exc:
-        raise PamcError(f"{weights} does not load into open_clip {arch!r}: {str(exc).splitlines()[0][:200]}") from None
+    except (RuntimeError, KeyError, ValueError, OSError) as exc:  # OSError: a part it would download
+        raise PamcError(f"{weights} does not load into open_clip {arch!r} offline: "
+                        f"{str(exc).splitlines()[0][:200]}") from None
     model.eval()
-    tokenizer = open_clip.get_tokenizer(arch)
+    try:
+        tokenizer = open_clip.get_tokenizer(arch)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise PamcError(f"the tokenizer of open_clip {arch!r} is not available offline ({str(exc).splitlines()[0][:150]}); "
+                        f"use an architecture with open_clip's own tokenizer, or a transformers folder (--hf)") from None
     with torch.no_grad():
         text = _text_matrix(model.encode_text(tokenizer(list(texts)).to(dev)))
     size = getattr(model.visual, "image_size", 224)
