@@ -34,6 +34,8 @@ ROWS["role-li-set"] = (DEMO["role"], ["--set", "linear_init.epochs=2"])
 # the robust losses once more with their mean reduction and an explicit tau
 ROWS["focal-margin-mean"] = (replace(DEMO["focal-margin"], loss={"reduction": "mean"}), [])
 ROWS["splc-tau"] = (replace(DEMO["splc"], loss={"tau": 0.65}), [])
+# VLPL and AEVLP: pseudo-labels from the scenes' stand-in for CLIP, which a prepared dataset lacks
+ROWS.update({slug: (row, ["--scores", row.settings["scores"]]) for slug, row in DEMO.items() if "scores" in row.settings})
 REPRESENTATIVE = ["full", "an", "ll-cp-boost", "role", "em-apl"]
 
 
@@ -125,6 +127,8 @@ EXPECTED_ERRORS = {
     ("openimages", "full"): "needs full training labels",
     ("own", "full"): "needs full training labels",
     ("openimages", "em-apl"): "needs dense training labels",  # OpenImages' labels are sparse
+    ("voc", "vlpl"): "needs data name=scenes",  # the stand-in scores the scenes; CLIP: tests/test_pseudo_label.py
+    ("voc", "aevlp"): "needs data name=scenes",
 }
 
 

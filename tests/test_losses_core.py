@@ -190,7 +190,7 @@ def test_mismatched_label_shape_is_a_user_error():
 # -- declared parameter ranges, checked when the config is made
 
 #: constructor parameters a loss checks itself (tensors, or lists checked together)
-CHECKED_BY_THE_CONSTRUCTOR = {"init_observed", "beta", "gauss"}
+CHECKED_BY_THE_CONSTRUCTOR = {"init_observed", "beta", "gauss", "lam", "pseudo_labels", "scores", "full_labels"}
 
 
 @pytest.mark.parametrize("name", losses.names())

@@ -30,6 +30,23 @@ def pretrained_scene_backbone(source: str = "digits", canvas: int = 64, object_s
                               batch_size: int = 64, lr: float = 2e-3, seed: int = 0,
                               cache: str | None = None, device: str = "cpu", progress: bool = False) -> Path:
     """Path to backbone weights pretrained on single train objects of `source` (cached)."""
+    return pretrained_scene_classifier(source, canvas, object_scale, backbone, n, epochs, batch_size, lr, seed,
+                                       cache, device)[0]
+
+
+def head_file(backbone_file: Path) -> Path:
+    """Where the pretraining's object classifier (a linear layer on pooled features) is kept."""
+    return backbone_file.with_name(backbone_file.name.replace(".safetensors", ".head.safetensors"))
+
+
+def pretrained_scene_classifier(source: str = "digits", canvas: int = 64, object_scale=(16, 28),
+                                backbone: str = "scene-cnn", n: int = 4000, epochs: int = 3,
+                                batch_size: int = 64, lr: float = 2e-3, seed: int = 0,
+                                cache: str | None = None, device: str = "cpu") -> tuple[Path, Path]:
+    """(backbone weights, object-classifier head) pretrained on single train objects (cached).
+
+    The head scores every class of a canvas it has seen only single objects on: the
+    vision-language stand-in of `pamc.vlscores` for the scenes, as CLIP is for photos."""
     from .data.scenes import load_object_bank, pretraining_objects
 
     torch.manual_seed(seed)
@@ -38,8 +55,8 @@ def pretrained_scene_backbone(source: str = "digits", canvas: int = 64, object_s
     key = json.dumps([PRETRAIN_VERSION, source, canvas, list(object_scale) if not isinstance(object_scale, int)
                       else object_scale, backbone, shapes, n, epochs, batch_size, lr, seed], sort_keys=True)
     path = cache_dir(cache) / "backbones" / f"{backbone}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.safetensors"
-    if path.is_file():
-        return path
+    if path.is_file() and head_file(path).is_file():
+        return path, head_file(path)
     bank = load_object_bank(source)
     images, labels = pretraining_objects(bank, canvas, object_scale, n, seed)
     images, labels = torch.from_numpy(images), torch.from_numpy(labels).long()
@@ -57,8 +74,9 @@ def pretrained_scene_backbone(source: str = "digits", canvas: int = 64, object_s
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+    atomic_write(head_file(path), lambda tmp: save_file(model_state(head), tmp))
     atomic_write(path, lambda tmp: save_file(model_state(net), tmp))
-    return path
+    return path, head_file(path)
 
 
 @NAMED_WEIGHTS.register("scenes")

@@ -194,6 +194,9 @@ def read_run(path: str | Path, metric: str = "test_map") -> RunRecord:
     record.dataset = str(res.get("dataset") or _dataset_of(cfg))
     record.row = row_label(res.get("method", cfg.get("method", "?")), res.get("train_alpha", cfg.get("alpha", 1.0)),
                            res.get("eval_alpha", cfg.get("eval_alpha")), bool(cfg.get("linear_init")))
+    extra = res.get("extra_resources")
+    if extra:  # trained with more than the images and labels (a frozen vision-language scorer)
+        record.row += f" [uses {extra.get('short', 'extra')}]"
     state = status.get("status")
     where = ", ".join(f"{k} {status[k]}" for k in ("epoch", "step") if status.get(k) is not None)
     if state == "running":
@@ -329,8 +332,13 @@ def _cell_parts(cell: Cell, pm: str) -> tuple[str, str]:
     number = f"{cell.mean:.2f}" + (f" {pm} {cell.std:.2f}" if cell.std is not None else "")
     rest = f" (n={cell.n})"
     if cell.published is not None:
-        rest += f", paper {cell.published.text} ({cell.diff:+.2f})"
+        rest += f", paper {_published_text(cell.published)} ({cell.diff:+.2f})"
     return number, rest
+
+
+def _published_text(published: Published) -> str:
+    """The published number, starred where it used an extra resource (a frozen CLIP)."""
+    return published.text + ("*" if published.extra else "")
 
 
 def _note_marks(table: Table, cell: Cell) -> str:
@@ -342,6 +350,10 @@ def _caption(table: Table, bold: str) -> str:
     text = f"{table.metric}: mean ± sample std over seeds (n = number of runs); best per column {bold}"
     if any(c.published is not None for c in table.cells.values()):
         text += "; 'paper X (+d)' = the published cell that the runs' preset reproduces, and the difference"
+    if any("[uses " in row for row in table.rows):
+        text += "; '[uses X]' = trained with an extra resource X (a frozen vision-language scorer's pseudo-labels)"
+    if any(c.published is not None and c.published.extra for c in table.cells.values()):
+        text += "; 'paper X*' = a published number that used a frozen CLIP"
     return text
 
 
@@ -422,7 +434,7 @@ def _csv(table: Table, color: bool, unicode: bool) -> str:
                 continue
             writer.writerow([row, col, table.metric, repr(cell.mean), "" if cell.std is None else repr(cell.std), cell.n,
                              " ".join(str(r.seed) for r in cell.runs), int(cell.best),
-                             cell.published.text if cell.published else "",
+                             _published_text(cell.published) if cell.published else "",
                              "" if cell.diff is None else repr(cell.diff), "ok",
                              " ".join(str(r.folder) for r in cell.runs), "; ".join(notes[id(cell)])])
     for r in table.problems:
@@ -448,7 +460,7 @@ def _latex(table: Table, color: bool, unicode: bool) -> str:
             number = f"{cell.mean:.2f}" + (rf" $\pm$ {cell.std:.2f}" if cell.std is not None else "")
             text = (rf"\textbf{{{number}}}" if cell.best else number) + rf" \scriptsize{{({cell.n})}}"
             if cell.published is not None:
-                text += rf" \scriptsize{{[{cell.published.text}, {cell.diff:+.2f}]}}"
+                text += rf" \scriptsize{{[{_published_text(cell.published)}, {cell.diff:+.2f}]}}"
             marks = _note_marks(table, cell).strip().replace(" ", "")
             line.append(text + (rf"$^{{{marks}}}$" if marks else ""))
         out.append(" & ".join(line) + r" \\")

@@ -77,7 +77,7 @@ class Run:
         if self.rt.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.loss_fn = build_loss(cfg, len(self.bundle.train), self.bundle.num_classes, observed,
-                                  self.bundle.info.get("expected_positives")).to(self.rt.device)
+                                  self.bundle.info.get("expected_positives"), self.bundle.train.full).to(self.rt.device)
         self.batches = GlobalBatches(len(self.bundle.train), cfg.batch_size, cfg.seed, self.rt.dist)
         self.optimizer = build_optimizer(self.model, self.loss_fn, cfg, self.rt)
         self.scheduler = build_scheduler(self.optimizer, cfg, len(self.batches))
@@ -371,7 +371,11 @@ class Run:
                    "test_map": split_map(scores, test_targets), "test_metrics": standard_metrics(scores, test_targets),
                    "val_map": self.progress.best_map, "best_epoch": self.progress.best_epoch, "epochs": self.cfg.epochs,
                    "seed": self.cfg.seed, "dataset": self.bundle.name, "world_size": self.rt.dist.world_size,
-                   "stored_label_edits": self.store.num_edits(), "runtime": self.rt.record()}
+                   "stored_label_edits": self.store.num_edits(), "runtime": self.rt.record(), **self.loss_fn.results()}
+        if self.cfg.scores is not None:  # an extra resource: a frozen vision-language scorer
+            from ..vlscores import describe_scores
+
+            results["extra_resources"] = describe_scores(self.cfg.scores)
         if self.main:
             self.folder.write_results(results)
         return RunResult(self.out, results)

@@ -35,6 +35,6 @@ def names() -> list[str]:
     return LOSSES.names()
 
 
-from . import assume_negative, asymmetric, entropy, expected_positive, gr, large_loss, robust  # noqa: E402,F401  (registration)
+from . import assume_negative, asymmetric, entropy, expected_positive, gr, ignore, large_loss, robust, vision_language  # noqa: E402,F401  (registration)
 
 __all__ = ["build", "check_params", "names", "register", "PartialLabelLoss", "LOSSES"]

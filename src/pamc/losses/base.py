@@ -132,6 +132,13 @@ class PartialLabelLoss(nn.Module):
         """`gather` concatenates a tensor over every training process (the engine passes
         `Dist.all_gather_cat` under DDP, so batch-level statistics use the global batch); it is
         `self.gather` during this call, the identity when not given."""
+        logits, observed = self.begin(logits, observed, gather)
+        return self.compute(logits, observed, int(epoch), index)
+
+    def begin(self, logits: torch.Tensor, observed: torch.Tensor,
+              gather: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The contract's checks and per-call resets; (float logits, float labels on their device).
+        A `training_loss` that combines several views calls it on the plain view's logits."""
         observed = observed.to(device=logits.device, dtype=torch.float32)
         logits = logits.float()
         if observed.shape != logits.shape:
@@ -139,7 +146,7 @@ class PartialLabelLoss(nn.Module):
         self.last_selected = torch.zeros_like(observed, dtype=torch.bool)
         self.label_updates = None
         self.gather = gather or _identity_gather
-        return self.compute(logits, observed, int(epoch), index)
+        return logits, observed
 
     def compute(self, logits: torch.Tensor, observed: torch.Tensor, epoch: int,
                 index: Optional[torch.Tensor]) -> torch.Tensor:
@@ -153,6 +160,10 @@ class PartialLabelLoss(nn.Module):
         leaves (`label_updates`, `last_selected`); pass `gather=batch.gather` to each call, so
         that batch statistics span every process."""
         return self(forward(batch.images), batch.observed, epoch=batch.epoch, index=batch.index, gather=batch.gather)
+
+    def results(self) -> dict:
+        """What the run's results.json should record about this loss (pseudo-label quality), or {}."""
+        return {}
 
     def epoch_end(self, epoch: int, observed: torch.Tensor, initial: torch.Tensor,
                   predict: Callable[[], torch.Tensor]) -> Optional[tuple[torch.Tensor, torch.Tensor]]:

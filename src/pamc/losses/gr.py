@@ -79,7 +79,9 @@ class GeneralizedRobust(PartialLabelLoss):
         return (w0 + (wT - w0) * late, b0 + (bT - b0) * late,
                 mu0 + (muT - mu0) * early, sigma0 + (sigmaT - sigma0) * early)
 
-    def compute(self, logits, observed, epoch, index):
+    def terms(self, logits: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
+        """Per-entry terms: ``positive`` -log(p + 1e-7), ``negative`` -log(1 - p + 1e-7),
+        ``unobserved`` V (K pull_up + (1 - K) pull_down), and ``v`` (V itself, for GPR)."""
         w, b, mu, sigma = self.schedule(epoch)
         probs = logits.sigmoid()
         p_hat = probs.detach()
@@ -87,7 +89,9 @@ class GeneralizedRobust(PartialLabelLoss):
         v = torch.exp(-0.5 * ((p_hat - mu) / sigma) ** 2)
         pull_up = (1 - torch.exp(self.q2 * F.logsigmoid(logits))) / self.q2  # (1 - p^q2) / q2
         pull_down = (1 - torch.exp(self.q3 * F.logsigmoid(-logits))) / self.q3  # (1 - (1-p)^q3) / q3
-        unobserved = v * (k * pull_up + (1 - k) * pull_down)
-        positive = -torch.log(probs + GR_LOG_EPSILON)
-        negative = -torch.log(1 - probs + GR_LOG_EPSILON)
-        return torch.where(observed == 1, positive, torch.where(observed < 0, negative, unobserved)).mean()
+        return {"positive": -torch.log(probs + GR_LOG_EPSILON), "negative": -torch.log(1 - probs + GR_LOG_EPSILON),
+                "unobserved": v * (k * pull_up + (1 - k) * pull_down), "v": v, "probs": probs}
+
+    def compute(self, logits, observed, epoch, index):
+        t = self.terms(logits, epoch)
+        return torch.where(observed == 1, t["positive"], torch.where(observed < 0, t["negative"], t["unobserved"])).mean()

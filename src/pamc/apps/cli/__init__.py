@@ -21,7 +21,7 @@ from ...errors import PamcError
 from .base import COMMANDS
 
 #: the modules that register commands, in the order `pamc --help` lists them
-COMMAND_MODULES = ("train", "evaluate", "demo", "explain", "review", "data", "table", "listing")
+COMMAND_MODULES = ("train", "evaluate", "demo", "explain", "review", "data", "pseudo", "table", "listing")
 
 
 def build_parser() -> argparse.ArgumentParser:
