@@ -33,6 +33,7 @@ import multiprocessing.connection
 import os
 import re
 import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence
@@ -254,7 +255,11 @@ def train_run(run: GridRun, out: Path) -> Outcome:
         except Preempted:
             raise
         except Exception as exc:
-            return Outcome(run.name, "failed", f"{type(exc).__name__}: {str(exc).strip()[:300]}")
+            reason = f"{type(exc).__name__}: {str(exc).strip()[:300]}"
+            if (folder.read_status() or {}).get("status") != "failed":  # it failed before training started
+                folder.path.mkdir(parents=True, exist_ok=True)
+                folder.write_status("failed", reason=reason)
+            return Outcome(run.name, "failed", reason)
         return Outcome(run.name, "finished", "", result.results["test_map"])
     finally:
         lock.release()
@@ -453,10 +458,10 @@ class SlurmRun:
             signal.signal(usr, stop_first)
         try:
             return train_run(run, Path(out))
-        except Preempted:
+        except Preempted as exc:
             if not callable(requeue):
                 raise
-            requeue(usr, None)  # exits the process (SystemExit) once the job is requeued
+            requeue(getattr(signal, exc.signal_name, usr), None)  # exits (SystemExit) once the job is requeued
             raise
 
     def checkpoint(self, *args, **kwargs):
@@ -489,13 +494,38 @@ def _run_submitit(runs: list[GridRun], out: Path, grid: GridReport, slurm: dict,
         f"logs in {out / SLURM_LOGS}; follow with: pamc grid status {out}")
     if not wait:
         return
-    for job, run in zip(jobs, runs):
-        try:
-            outcome = job.result()
-        except Exception as exc:  # the job died without a result (killed, out of memory, requeued too often)
-            outcome = Outcome(run.name, "failed", f"job {job.job_id}: {str(exc).strip().splitlines()[-1][:300]}")
+    for outcome in _wait(jobs, runs, slurm=cluster is None):
         grid.outcomes.append(outcome)
         say(_line(outcome))
+
+
+def _wait(jobs, runs: list[GridRun], slurm: bool, poll_s: float = 1.0):
+    """Each job's outcome as it ends.  A job has ended when its result file exists, or, on Slurm,
+    when squeue no longer lists it (read before the file, so no result can fall between the two):
+    submitit's own wait asks sacct, which a cluster without an accounting database lacks."""
+    import subprocess
+
+    left = dict(zip(jobs, runs))
+    while left:
+        queued = None
+        if slurm:
+            listing = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True)
+            queued = set(listing.stdout.split()) if listing.returncode == 0 else None
+        for job, run in list(left.items()):
+            has_result = job.paths.result_pickle.exists()
+            gone = (queued is not None and job.job_id not in queued) if slurm else job.done()
+            if not (has_result or gone):
+                continue
+            del left[job]
+            if not has_result and not job.paths.result_pickle.exists():
+                yield Outcome(run.name, "failed", f"job {job.job_id} ended without a result; see {job.paths.stderr}")
+                continue
+            try:
+                yield job.result()
+            except Exception as exc:  # the callable raised (it records failures itself: rare)
+                yield Outcome(run.name, "failed", f"job {job.job_id}: {str(exc).strip().splitlines()[-1][:300]}")
+        if left:
+            time.sleep(poll_s)
 
 
 # ----------------------------------------------------------------------------- status
