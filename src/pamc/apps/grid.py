@@ -369,10 +369,13 @@ def _worker(run: GridRun, out: str, threads: Optional[int]) -> None:
 
 
 def _run_local(runs: list[GridRun], out: Path, workers: int, say) -> list[Outcome]:
-    """`workers` spawned processes at a time, one per run, so that a run that crashes its process
-    (out of memory, a segfault) costs only itself.  A stop signal goes on to the workers as SIGTERM
-    (each writes its checkpoint); no new run starts, and GridStopped is raised at the end."""
-    ctx = multiprocessing.get_context("spawn")
+    """`workers` processes at a time, a new one per run, so that a run that crashes its process
+    (out of memory, a segfault) costs only itself; they fork from a server process that imported
+    the engine once (multiprocessing's forkserver), so a run does not pay torch's import again.  A
+    stop signal goes on to the workers as SIGTERM (each writes its checkpoint); no new run starts,
+    and GridStopped is raised at the end."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["pamc.engine"])
     # each worker gets its share of the cores, unless OMP_NUM_THREADS says otherwise
     threads = None if "OMP_NUM_THREADS" in os.environ else max(1, (os.cpu_count() or 1) // workers)
     queue, active, outcomes, forwarded = list(runs), {}, [], False
