@@ -84,6 +84,8 @@ def test_executor_parameters_map_resources_to_submitit():
     assert params == {"name": "pamc-grid", "timeout_min": 240, "tasks_per_node": 1, "nodes": 1,
                       "slurm_partition": "gpu", "slurm_array_parallelism": 8, "gpus_per_node": 1, "mem_gb": 32,
                       "slurm_constraint": "a100"}
+    with pytest.raises(PamcError, match="srun \\+ torchrun"):
+        executor_parameters({"nodes": 2})
 
 
 def test_local_workers_train_as_pamc_train_and_a_rerun_trains_nothing(tmp_path, capsys):

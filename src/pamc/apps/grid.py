@@ -433,6 +433,9 @@ def executor_parameters(slurm: dict) -> dict:
     for key, value in slurm.items():
         key = str(key).replace("-", "_")
         params[key if key in GENERIC or key.startswith("slurm_") else f"slurm_{key}"] = value
+    if params["nodes"] != 1 or params["tasks_per_node"] != 1:
+        raise PamcError("a grid's job trains one run in one process (nodes 1, tasks_per_node 1); a run on "
+                        "several GPUs or nodes is launched with srun + torchrun (docs/cluster.md)")
     return params
 
 

@@ -8,8 +8,8 @@ from ...errors import PamcError
 from .base import command, key_values, unicode_output
 
 #: resource flags of --launcher slurm, each a submitit parameter (see `pamc.apps.grid.executor_parameters`)
-RESOURCES = {"partition": str, "timeout_min": int, "nodes": int, "gpus_per_node": int, "cpus_per_task": int,
-             "mem_gb": float, "array_parallelism": int}
+RESOURCES = {"partition": str, "timeout_min": int, "gpus_per_node": int, "cpus_per_task": int, "mem_gb": float,
+             "array_parallelism": int}
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
@@ -26,7 +26,7 @@ def arguments(p: argparse.ArgumentParser) -> None:
                    "the Slurm jobs run here through submitit's LocalExecutor (a check before submitting)")
     p.add_argument("--wait", action="store_true", help="slurm: wait for the jobs to end (default: return once submitted)")
     for name, kind in RESOURCES.items():
-        p.add_argument("--" + name.replace("_", "-"), type=kind, default=None, dest=f"res_{name}",
+        p.add_argument("--" + name.replace("_", "-"), type=kind, default=None, dest=f"res_{name}", metavar=name.upper(),
                        help=f"slurm: {name} (overrides the spec's slurm: {name})")
     p.add_argument("--slurm", action="append", metavar="KEY=VALUE", help="slurm: any other submitit parameter "
                    "(constraint=a100, qos=high, additional_parameters={...}); repeatable")
