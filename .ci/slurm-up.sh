@@ -20,6 +20,9 @@ fi
 if [ -f "$CONF" ] && ! grep -qF "$MARK" "$CONF"; then
   echo "slurm-up: $CONF exists and was not written by this script; leaving this machine's Slurm alone" >&2; exit 1
 fi
+if [ -f "$CONF" ] && [ "$(sinfo -h -o %T 2>/dev/null)" = idle ]; then
+  echo "slurm-up: already up (stop with .ci/slurm-down.sh)"; exit 0
+fi
 
 mkdir -p "$STATE"/state "$STATE"/spool /run/munge /var/log/munge /var/lib/munge
 chown munge:munge /run/munge /var/log/munge /var/lib/munge

@@ -52,7 +52,10 @@ def test_expand_is_the_product_of_the_axes_with_readable_names():
         train, test = BOOSTLU_MODES[mode.removeprefix("boostlu-")]
         assert (s["alpha"], s["eval_alpha"]) == (4.0 if train else 1.0, 4.0 if test else 1.0)
         # everything else is the preset's, with the shared settings
-        same = {k for k in preset if k not in ("data", "method", "alpha", "eval_alpha", "lr", "seed", "out", "progress")}
+        # a method of the axis other than the preset's drops the preset's loss parameters (LL-R's delta)
+        assert s["loss"] == ({"delta": 0.5} if method == "ll-r" else {})
+        same = {k for k in preset if k not in ("data", "method", "loss", "alpha", "eval_alpha", "lr", "seed", "out",
+                                               "progress")}
         assert {k: s[k] for k in same} == {k: preset[k] for k in same}
         assert s["preset"] == "scenes-ll-r" and s["epochs"] == 1 and "out" not in s
 

@@ -21,6 +21,7 @@ import yaml
 
 import pamc
 from pamc.apps.grid import SLURM_LOGS, expand, grid_status, run_folder, run_grid
+from pamc.errors import PamcError
 
 submitit = pytest.importorskip("submitit", reason="submitit is not installed (pip install 'pamc[slurm]')")
 
@@ -133,3 +134,9 @@ def test_slurm_job_array_requeues_a_signalled_job(tmp_path):
     assert "seed-0: finished" in log and "seed-1: finished" in log
     assert (run_folder(out, "seed-0").read_status() or {})["attempts"] == 1
     check_requeued_run(out, "seed-1", 1, tmp_path)
+
+
+def test_slurm_launcher_without_slurm_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch / srun
+    with pytest.raises(PamcError, match="found no Slurm here"):
+        run_grid(expand({**SPEC, "seeds": [0]}), tmp_path / "grid", launcher="slurm", report=None)

@@ -43,7 +43,7 @@ from ..errors import PamcError
 from ..files import read_yaml, write_json
 from ..preemption import EXIT_PREEMPTED, Preempted, StopRequest
 
-#: BoostLU modes: (training alpha, evaluation alpha) as multiples of `boostlu_alpha` (1 = off)
+#: BoostLU modes: (alpha in training, alpha at evaluation), each `boostlu_alpha` where true, else 1
 BOOSTLU_MODES = {"off": (False, False), "inference": (False, True), "train": (True, True)}
 #: the keys a spec may hold
 SPEC_KEYS = ("base", "config", "settings", "presets", "methods", "boostlu", "boostlu_alpha", "datasets", "seeds",
@@ -161,8 +161,11 @@ def expand(spec: dict) -> list[GridRun]:
         if "dataset" in choice:  # the dataset's settings replace the base's data, then shared data.* keys apply
             values["data"] = dict(datasets[choice["dataset"]])
             values = apply_overrides(values, {k: v for k, v in settings.items() if k.startswith("data.")})
-        if "method" in choice:
+        if "method" in choice and choice["method"] != values["method"]:
+            # the base's loss parameters belong to its own method; shared ones (settings: loss.*) apply
             values["method"] = choice["method"]
+            values["loss"] = {}
+            values = apply_overrides(values, {k: v for k, v in settings.items() if k == "loss" or k.startswith("loss.")})
         if "boostlu" in choice:
             train, test = BOOSTLU_MODES[choice["boostlu"]]
             values["alpha"], values["eval_alpha"] = (alpha if train else 1.0), (alpha if test else 1.0)
