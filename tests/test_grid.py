@@ -227,3 +227,20 @@ def test_grid_cli_errors(tmp_path, capsys):
     assert "holds no grid.json" in capsys.readouterr().err
     assert main(["grid", str(spec), "--out", str(tmp_path / "o"), "--workers", "0"]) == 2
     assert "--workers must be at least 1" in capsys.readouterr().err
+
+
+def test_two_commands_on_one_grid_train_each_run_once(tmp_path):
+    """The same grid launched twice at once (a rerun while the first still works): every run
+    trains in exactly one of them; the other finds it locked or finished."""
+    spec = tmp_path / "grid.yaml"
+    spec.write_text(yaml.safe_dump({"settings": SETTINGS, "seeds": [0, 1, 2]}))
+    out = tmp_path / "grid"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(pamc.__file__).parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    commands = [subprocess.Popen([sys.executable, "-m", "pamc", "grid", str(spec), "--out", str(out)], env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    logs = [c.communicate(timeout=300)[0] for c in commands]
+    assert [c.returncode for c in commands] == [0, 0], logs
+    trained_here = [sum(f"seed-{s}: finished" in log for log in logs) for s in range(3)]
+    assert trained_here == [1, 1, 1], logs
+    assert [(run_folder(out, f"seed-{s}").read_status() or {}).get("attempts") for s in range(3)] == [1, 1, 1]

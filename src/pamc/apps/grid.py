@@ -50,8 +50,6 @@ SPEC_KEYS = ("base", "config", "settings", "presets", "methods", "boostlu", "boo
              "grid", "slurm")
 LAUNCHERS = ("local", "slurm", "submitit-local")
 RUNS, LOCKS, SLURM_LOGS, INDEX = "runs", ".locks", "slurm", "grid.json"
-#: exit status of a worker whose run failed (the reason is in its status.json)
-EXIT_FAILED = 1
 
 
 @dataclass(frozen=True)
@@ -332,7 +330,7 @@ def run_grid(runs: Sequence[GridRun], out: str | Path, workers: int = 1, launche
     if not todo:
         return grid
     say(f"pamc grid: {len(todo)} of {len(runs)} runs to train ({launcher}"
-        + (f", {workers} workers" if launcher == "local" else "") + f") into {out / RUNS}")
+        + (f", {workers} worker{'s' if workers > 1 else ''}" if launcher == "local" else "") + f") into {out / RUNS}")
     if launcher == "local":
         grid.outcomes += _run_local(todo, out, int(workers), say)
     else:
@@ -358,17 +356,17 @@ def _line(o: Outcome) -> str:
     return f"  {o.name}: {o.state}" + "".join(f"  {t}" for t in (score, o.detail) if t)
 
 
-def _worker(run: GridRun, out: str, threads: Optional[int]) -> None:
-    """One local worker process: train `run`, exit 0 (finished or skipped), 75 (preempted) or 1."""
+def _worker(run: GridRun, out: str, threads: Optional[int], outcome) -> None:
+    """One local worker process: train `run` and send its outcome back through the pipe `outcome`;
+    exit 75 when preempted (the parent reads the rest from the run folder)."""
     if threads:
         import torch
 
         torch.set_num_threads(threads)
     try:
-        outcome = train_run(run, Path(out))
+        outcome.send(train_run(run, Path(out)))
     except Preempted:
         raise SystemExit(EXIT_PREEMPTED)
-    raise SystemExit(EXIT_FAILED if outcome.state == "failed" else 0)
 
 
 def _run_local(runs: list[GridRun], out: Path, workers: int, say) -> list[Outcome]:
@@ -386,19 +384,25 @@ def _run_local(runs: list[GridRun], out: Path, workers: int, say) -> list[Outcom
         while queue or active:
             while queue and len(active) < workers and not stop.requested:
                 run = queue.pop(0)
-                proc = ctx.Process(target=_worker, args=(run, str(out), threads), name=f"pamc-grid {run.name}")
+                receive, send = ctx.Pipe(duplex=False)
+                proc = ctx.Process(target=_worker, args=(run, str(out), threads, send), name=f"pamc-grid {run.name}")
                 proc.start()
-                active[proc.sentinel] = (proc, run)
+                send.close()  # the worker holds the sending end now
+                active[proc.sentinel] = (proc, run, receive)
             if stop.requested and not forwarded:
-                for proc, _ in active.values():
+                for proc, _, _ in active.values():
                     os.kill(proc.pid, signal.SIGTERM)
                 forwarded = True
             if not active:
                 break
             for sentinel in multiprocessing.connection.wait(list(active), timeout=0.5):
-                proc, run = active.pop(sentinel)
+                proc, run, receive = active.pop(sentinel)
                 proc.join()
-                outcome = _outcome(run, out, proc.exitcode)
+                try:
+                    outcome = receive.recv()
+                except EOFError:  # it sent nothing: preempted, or the process died
+                    outcome = _ended(run, out, proc.exitcode)
+                receive.close()
                 outcomes.append(outcome)
                 say(_line(outcome))
     if stop.requested:
@@ -407,18 +411,14 @@ def _run_local(runs: list[GridRun], out: Path, workers: int, say) -> list[Outcom
     return outcomes
 
 
-def _outcome(run: GridRun, out: Path, exitcode: Optional[int]) -> Outcome:
-    """A finished worker's outcome, from its exit status and its run folder."""
-    folder = run_folder(out, run.name)
-    status = folder.read_status() or {}
-    if exitcode == 0:
-        results = _finished(folder) or {}
-        return Outcome(run.name, "finished", "", results.get("test_map"))
+def _ended(run: GridRun, out: Path, exitcode: Optional[int]) -> Outcome:
+    """The outcome of a worker that sent none: preempted, or its process died."""
+    status = run_folder(out, run.name).read_status() or {}
     if exitcode == EXIT_PREEMPTED:
         return Outcome(run.name, "preempted", status.get("reason", ""))
     if exitcode is not None and exitcode < 0:
         return Outcome(run.name, "failed", f"worker killed by {signal.Signals(-exitcode).name}")
-    return Outcome(run.name, "failed", status.get("reason", f"worker exited with status {exitcode}"))
+    return Outcome(run.name, "failed", f"worker exited with status {exitcode}")
 
 
 # ----------------------------------------------------------------------------- Slurm (submitit)
