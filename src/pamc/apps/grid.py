@@ -271,7 +271,8 @@ def train_run(run: GridRun, out: Path) -> Outcome:
 
 def prepare(runs: Sequence[GridRun], out: str | Path) -> Path:
     """Record the runs in OUT/grid.json (merged with the runs already there) and refuse a run whose
-    folder was trained with other settings than the spec now gives it."""
+    folder was trained with other settings than the spec now gives it (a run not started yet takes
+    the new ones)."""
     from .table import settings as table_settings
 
     out = Path(out)
@@ -284,10 +285,9 @@ def prepare(runs: Sequence[GridRun], out: str | Path) -> Path:
             raise PamcError(f"{index} is unreadable; remove it (the run folders stay) and rerun") from None
     for run in runs:
         folder = run_folder(out, run.name)
-        saved = folder.read_config() if folder.config.is_file() else known.get(run.name)
-        if saved is None:
+        if not folder.config.is_file():
             continue
-        old, new = table_settings(saved), table_settings(run.settings)
+        old, new = table_settings(folder.read_config()), table_settings(run.settings)
         differ = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
         if differ:
             raise PamcError(f"run {run.name} in {out} was made with other settings ({', '.join(differ[:5])} differ); "
