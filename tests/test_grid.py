@@ -160,9 +160,10 @@ def test_a_failed_run_is_recorded_with_its_reason(tmp_path, capsys):
 
 def test_run_configs_for_programs_with_their_own_runs(tmp_path):
     """The entry point of `pamc demo --grid`: named configs, workers, one folder."""
-    configs = {"an": TrainConfig(**{**SETTINGS, "method": "an"}), "an-boost": {**SETTINGS, "alpha": 5.0}}
+    configs = {"an/seed-0": TrainConfig(**{**SETTINGS, "method": "an"}), "an-boost/seed-0": {**SETTINGS, "alpha": 5.0}}
     outcomes = run_configs(configs, tmp_path / "demo", workers=2, report=None)
-    assert sorted(outcomes) == ["an", "an-boost"] and all(o.state == "finished" for o in outcomes.values())
+    assert sorted(outcomes) == ["an-boost/seed-0", "an/seed-0"] and all(o.state == "finished" for o in outcomes.values())
+    assert (tmp_path / "demo" / "runs" / "an" / "seed-0" / "results.json").is_file()  # the demo's own layout
     for name, o in outcomes.items():
         assert o.test_map == run_folder(tmp_path / "demo", name).read_results()["test_map"]
 
