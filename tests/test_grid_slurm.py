@@ -1,7 +1,7 @@
 """`pamc grid` through submitit: the jobs it submits train the runs, and a job stopped by a signal
 checkpoints, requeues itself and ends exactly as an uninterrupted run.
 
-Twice: with submitit's LocalExecutor (`--launcher submitit-local`, wherever submitit is installed:
+A job cancelled with `scancel` is not requeued.  Twice: with submitit's LocalExecutor (`--launcher submitit-local`, wherever submitit is installed:
 the same pickled jobs, the same requeue machinery, processes started here), and on a real Slurm
 cluster (`--launcher slurm`, one job array) where one is up -- CI starts a one-node cluster with
 `.ci/slurm-up.sh`; elsewhere these tests skip, saying why.
@@ -112,9 +112,11 @@ def slurm_cluster() -> str:
 
 
 @pytest.mark.skipif(bool(slurm_cluster()), reason=slurm_cluster() or "a Slurm cluster is up")
-def test_slurm_job_array_requeues_a_signalled_job(tmp_path):
-    """One job array of two runs; run seed-1 gets SIGTERM from `scancel --signal=TERM` mid-epoch,
-    requeues itself (`scontrol requeue`) and resumes; `pamc grid --wait` reports both finished."""
+def test_slurm_job_array_requeues_a_signalled_job_and_not_a_cancelled_one(tmp_path):
+    """One job array of two runs, both stopped mid-epoch: seed-1 by `scancel --signal=TERM` (a
+    signal: the job checkpoints, requeues itself with `scontrol requeue` and resumes to the
+    uninterrupted result), seed-0 by a plain `scancel` (a cancel: it checkpoints and stays
+    preempted); `pamc grid --wait` reports both and exits 75."""
     spec = tmp_path / "grid.yaml"
     spec.write_text(yaml.safe_dump(SPEC))
     out = tmp_path / "grid"
@@ -123,16 +125,18 @@ def test_slurm_job_array_requeues_a_signalled_job(tmp_path):
     grid = subprocess.Popen([sys.executable, "-m", "pamc", "grid", str(spec), "--out", str(out), "--launcher", "slurm",
                              "--wait"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        wait_for(lambda: stepping(out, "seed-1"), what="seed-1 to train")
-        (job,) = [p.name for p in (out / SLURM_LOGS).iterdir() if p.name.endswith("_1")]  # array task 1: seed-1
-        subprocess.run(["scancel", "--signal=TERM", job], check=True)
+        for task, command in ((1, ["scancel", "--signal=TERM"]), (0, ["scancel"])):  # array task K trains seed-K
+            wait_for(lambda: stepping(out, f"seed-{task}"), what=f"seed-{task} to train")
+            (job,) = [p.name for p in (out / SLURM_LOGS).iterdir() if p.name.endswith(f"_{task}")]
+            subprocess.run([*command, job], check=True)
         log, _ = grid.communicate(timeout=300)
     finally:
         if grid.poll() is None:
             grid.kill()
-    assert grid.returncode == 0, log
-    assert "seed-0: finished" in log and "seed-1: finished" in log
-    assert (run_folder(out, "seed-0").read_status() or {})["attempts"] == 1
+    assert grid.returncode == 75, log
+    assert "seed-1: finished" in log and "seed-0: preempted" in log and "job cancelled (SIGTERM)" in log
+    cancelled = run_folder(out, "seed-0").read_status()
+    assert (cancelled["status"], cancelled["attempts"]) == ("preempted", 1) and run_folder(out, "seed-0").can_resume()
     check_requeued_run(out, "seed-1", 1, tmp_path)
 
 

@@ -448,7 +448,8 @@ class SlurmRun:
     submitit requeues a job whose callable has `checkpoint()` when its warning signal (USR2 by
     default) arrives.  Here that signal first stops training the pamc way (a checkpoint at the next
     step), and so do SIGTERM / SIGUSR1; the job then calls submitit's handler, which resubmits this
-    same call (`scontrol requeue` on Slurm), and the requeued job resumes from the checkpoint."""
+    same call (`scontrol requeue` on Slurm), and the requeued job resumes from the checkpoint.
+    A job cancelled by `scancel` (which sends SIGTERM too) is not requeued: its run stays preempted."""
 
     def __call__(self, run: GridRun, out: str) -> Outcome:
         from submitit import JobEnvironment
@@ -470,6 +471,8 @@ class SlurmRun:
         except Preempted as exc:
             if not callable(requeue):
                 raise
+            if _cancelled(JobEnvironment().job_id):
+                return Outcome(run.name, "preempted", f"job cancelled ({exc.signal_name}); rerun the grid to resume")
             requeue(getattr(signal, exc.signal_name, usr), None)  # exits (SystemExit) once the job is requeued
             raise
 
@@ -478,6 +481,19 @@ class SlurmRun:
         from submitit.helpers import DelayedSubmission
 
         return DelayedSubmission(self, *args, **kwargs)
+
+
+def _cancelled(job_id: str) -> bool:
+    """Whether Slurm is ending this job (`scancel`: state COMPLETING or CANCELLED), as opposed to a
+    signal to a running job (`--signal`, `scancel --signal`); Slurm would requeue an ending job too."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("scontrol"):
+        return False  # submitit's LocalExecutor: no Slurm
+    shown = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, timeout=60)
+    state = re.search(r"JobState=(\w+)", shown.stdout)
+    return state is not None and state.group(1) in ("COMPLETING", "CANCELLED")
 
 
 def _run_submitit(runs: list[GridRun], out: Path, grid: GridReport, slurm: dict, cluster: Optional[str],
