@@ -15,6 +15,22 @@ import torch
 import torch.distributed as dist
 
 
+def _restart_store():
+    """The store of a group that torchrun restarted (`--max-restarts`), its keys apart from the
+    earlier attempts': torchrun shares its rendezvous TCPStore with the workers and keeps it across
+    restarts, so a restarted process could read a dead peer's address left by the attempt before
+    and fail to connect to it (gloo: "connectFullMesh failed ... Connection refused").  None where
+    nothing was restarted or the workers do not use the agent's store: the default set-up."""
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if restart == "0" or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    import datetime
+
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                          timeout=datetime.timedelta(minutes=10))
+    return dist.PrefixStore(f"pamc/restart-{restart}", store)
+
+
 @dataclass
 class Dist:
     rank: int = 0
@@ -30,7 +46,12 @@ class Dist:
         if not dist.is_initialized():
             if device_type == "cuda":  # NCCL binds each process to the current device: set it first
                 torch.cuda.set_device(local_rank)
-            dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+            backend = "nccl" if device_type == "cuda" else "gloo"
+            store = _restart_store()
+            if store is None:
+                dist.init_process_group(backend=backend)
+            else:
+                dist.init_process_group(backend=backend, store=store, rank=int(os.environ["RANK"]), world_size=world)
         return cls(dist.get_rank(), dist.get_world_size(), local_rank)
 
     @property
