@@ -42,15 +42,33 @@ class EpochSums:
     seconds_before: float = 0.0  # of this epoch, before a resume
 
     @classmethod
-    def start(cls, device, partial=None) -> "EpochSums":
+    def start(cls, device, partial=None, rank: int = 0, world: int = 1) -> "EpochSums":
+        """From a mid-epoch checkpoint's sums, which hold one entry per process: each process carries
+        on its own, so the epoch's numbers are those of an uninterrupted run.  Resumed on another
+        number of processes (or from a checkpoint of one process's sums, release 0.1), the main
+        process carries the total and the others start from zero."""
+        sums = cls(torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long))
         if partial is None:
-            return cls(torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long))
-        return cls(partial["total"].to(device), partial["selected"].to(device), int(partial["seen"]),
-                   int(partial["edits"]), float(partial["seconds"]))
+            return sums
+        sums.edits, sums.seconds_before = int(partial["edits"]), float(partial["seconds"])
+        total, selected, seen = partial["total"], partial["selected"], partial["seen"]
+        if total.ndim == 1 and len(total) == world:
+            total, selected, seen = total[rank], selected[rank], seen[rank]
+        elif rank == 0:
+            total, selected, seen = total.sum(), selected.sum(), sum(seen) if isinstance(seen, list) else seen
+        else:
+            return sums
+        sums.total, sums.selected, sums.seen = total.to(device), selected.to(device), int(seen)
+        return sums
 
-    def partial(self, seconds: float) -> dict:
-        return {"total": self.total.detach().cpu(), "selected": self.selected.detach().cpu(), "seen": self.seen,
-                "edits": self.edits, "seconds": seconds}
+    def partial(self, seconds: float, dist) -> dict:
+        """The sums so far of every process, one entry each (a collective: every process calls it at
+        the same step).  Label edits are counted alike on every process already (they are gathered)."""
+        values = torch.stack([self.total.detach().double(), self.selected.detach().double(),
+                              torch.tensor(float(self.seen), dtype=torch.float64, device=self.total.device)])
+        ranks = dist.all_gather_cat(values.view(1, 3)).cpu()
+        return {"total": ranks[:, 0].to(self.total.dtype), "selected": ranks[:, 1].long(),
+                "seen": [int(v) for v in ranks[:, 2].tolist()], "edits": self.edits, "seconds": seconds}
 
 
 @dataclass
@@ -83,7 +101,7 @@ class EpochLoop:
         plan = list(run.batches)
         progress = run.progress
         first = progress.step if epoch == progress.epoch + 1 else 0  # > 0: resumed inside this epoch
-        sums = EpochSums.start(rt.device, progress.partial if first else None)
+        sums = EpochSums.start(rt.device, progress.partial if first else None, rt.dist.rank, rt.dist.world_size)
         progress.step, progress.partial = 0, None
         bar = tqdm(total=len(plan), initial=first, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, mininterval=1.0,
                    disable=not (cfg.progress and run.main))
@@ -117,7 +135,7 @@ class EpochLoop:
                 hook.after_step(run, Step(epoch, step, progress.global_step, global_bs, lrs, out.loss, logs))
             if logs and (stop or ((steps_due or minutes_due) and step < len(plan))):
                 run.save(epoch - 1, False, step=step,
-                         partial=sums.partial(sums.seconds_before + time.perf_counter() - start))
+                         partial=sums.partial(sums.seconds_before + time.perf_counter() - start, rt.dist))
                 if stop:
                     rt.dist.barrier()  # the checkpoint is written before any process leaves
                     raise Preempted(run.out, run.stop.name or "a stop signal", epoch, step)
