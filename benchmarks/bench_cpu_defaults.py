@@ -18,7 +18,7 @@ from pathlib import Path
 from pamc.apps.demo import cell, demo_rows, prepare_demo, spread, train_rows, verdict
 from pamc.runtime import native_bf16
 
-SETTINGS = {"fp32 (amp off)": {"amp": "off"}, "auto": {}}
+SETTINGS = {"fp32 (amp off)": {"amp": "off"}, "auto": {"amp": "auto"}}  # the demo itself pins fp32
 
 
 def main() -> None:
