@@ -29,6 +29,7 @@ class TrainConfig:
     backbone_weights: Optional[str] = None  # none | path | imagenet/pretrained (published) | scenes (pretrain on scene objects)
     alpha: float = 1.0  # BoostLU in training
     eval_alpha: Optional[float] = None  # BoostLU at validation/test (None = alpha)
+    activation: Optional[Any] = None  # the form of BoostLU: {name: boostlu-threshold, tau: 0.5} or NAME[:KEY=VALUE]; None = boostlu
     # method
     method: str = "an"
     loss: dict = field(default_factory=dict)  # loss parameters, e.g. {delta: 0.5}
@@ -146,7 +147,7 @@ def make_config(values: dict) -> TrainConfig:
     check_recipe(cfg)
     if cfg.selection not in ("full", "observed"):
         raise PamcError(f"selection must be 'full' or 'observed' (got {cfg.selection!r})")
-    from .activation import check_alpha
+    from .activation import as_form, check_alpha
     from .labels import Observation
     from .losses import LOSSES
     from .models import BACKBONES
@@ -175,6 +176,7 @@ def make_config(values: dict) -> TrainConfig:
 
     LOSSES.get(cfg.method), BACKBONES.get(cfg.backbone)  # unknown names fail here, before any work
     check_alpha(cfg.alpha)
+    cfg.activation = None if cfg.activation is None else as_form(cfg.activation).spec()
     if cfg.eval_alpha is not None:
         check_alpha(cfg.eval_alpha)
     if not isinstance(cfg.data, dict) or "name" not in cfg.data:

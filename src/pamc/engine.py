@@ -68,7 +68,7 @@ def build_model(cfg: TrainConfig, num_classes: int) -> CamClassifier:
         params = {k: cfg.data[k] for k in ("source", "canvas", "object_scale") if k in cfg.data}
         weights = str(pretrained_scene_backbone(backbone=cfg.backbone, seed=cfg.seed, **params))
     torch.manual_seed(cfg.seed)
-    model = CamClassifier(cfg.backbone, num_classes, alpha=cfg.alpha, weights=weights)
+    model = CamClassifier(cfg.backbone, num_classes, alpha=cfg.alpha, weights=weights, activation=cfg.activation)
     if cfg.backbone_weights == "scenes":  # what model.json records (`Run.meta`): the option, and its cached file
         info = model.backbone.weights_info or {}
         model.backbone.weights_info = {"name": "scenes", "file": info.get("name"), "sha256": info.get("sha256")}
@@ -209,7 +209,8 @@ class Run:
                               eval_alpha=cfg.test_alpha, class_names=list(self.bundle.class_names),
                               method=cfg.method, epoch=epoch, dataset=self.bundle.name, data=cfg.data,
                               observation=cfg.observation, observation_seed=cfg.observation_seed,
-                              image_size=self.image_size, weights=self.weights_info, extra=extra)
+                              image_size=self.image_size, weights=self.weights_info, activation=cfg.activation,
+                              extra=extra)
 
     @property
     def eval_model(self) -> torch.nn.Module:

@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from .activation import alpha_value, describe_alpha
 from .checkpoint import CheckpointMeta, load_model, read_meta, resolve_checkpoint
 from .data import load_bundle
 from .errors import PamcError
@@ -82,13 +83,13 @@ def evaluate_checkpoint(checkpoint: str, split: str = "test", alphas: Optional[S
     rows, per_class = [], {}
     for alpha in alphas:
         scores = predict(model, part.images, rt, alpha=alpha)
-        rows.append({"alpha": float(alpha), "map": split_map(scores, targets), **standard_metrics(scores, targets)})
+        rows.append({"alpha": alpha_value(alpha), "map": split_map(scores, targets), **standard_metrics(scores, targets)})
         if per_class_csv and part.full is not None:
-            per_class[alpha] = average_precision(scores, part.full) * 100
+            per_class[describe_alpha(alpha)] = average_precision(scores, part.full) * 100
     if per_class_csv and per_class:
         with open(per_class_csv, "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["class"] + [f"ap_alpha_{a:g}" for a in per_class])
+            w.writerow(["class"] + [f"ap_alpha_{a}" for a in per_class])
             for c, name in enumerate(meta.class_names or bundle.class_names):
                 w.writerow([name] + [f"{per_class[a][c]:.4f}" for a in per_class])
     result = {"rows": rows, "split": split, "dataset": bundle.name}

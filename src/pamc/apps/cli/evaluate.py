@@ -12,6 +12,8 @@ def eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--torchvision", metavar="ARCH=WEIGHTS", help="evaluate a torchvision classifier from a weights file, "
                    "converted to CAM form (post-hoc BoostLU; needs --data)")
     p.add_argument("--boost-alpha", type=float, help="BoostLU alpha for --torchvision models")
+    p.add_argument("--boost-form", metavar="FORM", help="form of BoostLU for --torchvision models: NAME[:KEY=VALUE,...] "
+                   "(`pamc list`; default boostlu)")
     p.add_argument("--alpha", type=float, nargs="+", help="evaluation alphas (default: the checkpoint's)")
     p.add_argument("--per-class-csv", help="write per-class AP here")
     p.add_argument("--out", help="write every metric per alpha here (.json or .csv)")
@@ -20,6 +22,7 @@ def eval_arguments(p: argparse.ArgumentParser) -> None:
 
 @command("eval", "mAP of a checkpoint on a split, at one or more BoostLU alphas", eval_arguments)
 def evaluate(args: argparse.Namespace) -> int:
+    from ...activation import describe_alpha
     from ...inference import evaluate_checkpoint
 
     data = key_values(args.data, "--data") or None
@@ -29,7 +32,9 @@ def evaluate(args: argparse.Namespace) -> int:
 
         if not data:
             raise PamcError("--torchvision needs --data naming the dataset the classifier was trained for")
-        model, meta = torchvision_checkpoint(args.torchvision, args.boost_alpha or 1.0)
+        model, meta = torchvision_checkpoint(args.torchvision, args.boost_alpha or 1.0, args.boost_form)
+    elif args.boost_form:
+        raise PamcError("--boost-form applies to --torchvision models; a checkpoint keeps the form it was trained with")
     elif args.checkpoint is None:
         raise PamcError("give a checkpoint (run folder) or --torchvision ARCH=WEIGHTS_FILE")
     alphas = args.alpha or ([args.boost_alpha] if args.boost_alpha else None)
@@ -39,7 +44,7 @@ def evaluate(args: argparse.Namespace) -> int:
     keys = ["map", "CP", "CR", "CF1", "OP", "OR", "OF1", "CF1@3", "OF1@3"]
     print("| alpha | " + " | ".join("mAP" if k == "map" else k for k in keys) + " |\n|---:|" + "---:|" * len(keys))
     for row in out["rows"]:
-        print(f"| {row['alpha']:g} | " + " | ".join(f"{row[k]:.2f}" for k in keys) + " |")
+        print(f"| {describe_alpha(row['alpha'])} | " + " | ".join(f"{row[k]:.2f}" for k in keys) + " |")
     if args.out:
         print(f"every metric written to {args.out}")
     if args.per_class_csv:
