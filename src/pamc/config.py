@@ -22,7 +22,7 @@ from .files import read_yaml
 class TrainConfig:
     # data
     data: dict = field(default_factory=lambda: {"name": "scenes", "source": "digits"})
-    observation: str = "auto"  # auto | as-given | full | single-positive | fraction:P (see pamc.labels)
+    observation: str = "auto"  # auto | as-given | full | single-positive | fraction:P [+false-positive:P | +flip-negative:P] (pamc.labels)
     observation_seed: int = REFERENCE_SEED
     # model
     backbone: str = "scene-cnn"
