@@ -269,7 +269,7 @@ def test_per_class_alpha_is_stored_and_evaluated(smooth_checkpoint, tmp_path):
 def test_pamc_list_shows_the_forms():
     code, stdout, _ = run_cli(["list"])
     assert code == 0
-    assert "boostlu, boostlu-smooth:beta=1, boostlu-threshold:tau=1" in stdout
+    assert "boostlu, boostlu-smooth:beta=2, boostlu-threshold:tau=0.5" in stdout
 
 
 def test_the_viewer_computes_each_models_form(threshold_run, smooth_checkpoint, tmp_path):

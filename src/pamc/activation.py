@@ -145,7 +145,7 @@ class Threshold(Form):
 
     name = "boostlu-threshold"
 
-    def __init__(self, tau: float = 1.0):
+    def __init__(self, tau: float = 0.5):
         self.tau = _finite(tau, "tau", self.name)
         if self.tau < 0:
             raise PamcError(f"{self.name} tau must be >= 0 (got {self.tau:g}); tau = 0 is plain boostlu")
@@ -166,7 +166,7 @@ class Smooth(Form):
 
     name = "boostlu-smooth"
 
-    def __init__(self, beta: float = 1.0):
+    def __init__(self, beta: float = 2.0):
         self.beta = _finite(beta, "beta", self.name)
         if self.beta <= 0:
             raise PamcError(f"{self.name} beta must be > 0 (got {self.beta:g}); larger beta is closer to boostlu")
