@@ -311,3 +311,23 @@ def test_the_viewer_computes_each_models_form(threshold_run, smooth_checkpoint, 
                 assert page.evaluate(f"pamcView.tunedScore(1, {k}).p") == pytest.approx(float(at_tuned[c]), abs=1e-5)
         browser.close()
     assert not errors, errors
+
+
+def test_table_rows_name_the_form_and_per_class_alpha():
+    from pamc.published import row_label
+
+    assert row_label("an", 5.0, 5.0) == "AN + BoostLU"
+    assert row_label("an", 5.0, 5.0, activation={"name": "boostlu-threshold", "tau": 0.5}) == \
+        "AN + BoostLU [boostlu-threshold:tau=0.5]"
+    assert row_label("an", 1.0, [1.0, 3.0]) == "AN + BoostLU (inference only, alpha per-class 1-3 (mean 2))"
+
+
+def test_training_with_per_class_alpha(tiny_settings, tmp_path):
+    from pamc import train
+
+    alphas = [1.0 + c for c in range(10)]
+    result = train({**tiny_settings, "method": "an", "epochs": 1, "alpha": alphas, "activation": "boostlu-smooth",
+                    "out": str(tmp_path / "run")})
+    meta = read_meta(tmp_path / "run" / "best")
+    assert meta.alpha == alphas and meta.test_alpha == tuple(alphas) and result.results["eval_alpha"] == alphas
+    assert meta.activation == {"name": "boostlu-smooth", "beta": 2.0}

@@ -197,7 +197,8 @@ def read_run(path: str | Path, metric: str = "test_map") -> RunRecord:
     cfg, res = record.config, record.results
     record.dataset = str(res.get("dataset") or _dataset_of(cfg))
     record.row = row_label(res.get("method", cfg.get("method", "?")), res.get("train_alpha", cfg.get("alpha", 1.0)),
-                           res.get("eval_alpha", cfg.get("eval_alpha")), bool(cfg.get("linear_init")))
+                           res.get("eval_alpha", cfg.get("eval_alpha")), bool(cfg.get("linear_init")),
+                           cfg.get("activation"))
     state = status.get("status")
     where = ", ".join(f"{k} {status[k]}" for k in ("epoch", "step") if status.get(k) is not None)
     if state == "running":
