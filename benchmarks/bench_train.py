@@ -5,7 +5,7 @@
                                      [--e2e --images 2048 --workers 12]
     python benchmarks/bench_train.py --quick        # CPU: scene-cnn at 64 px, a few steps, no compile
 
-Every row runs pamc's own training loop (`Run.train_epoch`: label lookup, flips, autocast,
+Every row runs pamc's own training loop (`Run.epoch_loop`: label lookup, flips, autocast,
 loss, backward, optimiser step; LL-R from epoch 2 by default) on a `CamClassifier` with the
 1x1-conv CAM head, BoostLU (alpha 5) and global average pooling:
 
@@ -140,7 +140,7 @@ def epoch_rate(run: Run, images: int, epoch: int) -> float:
     run.batches = GlobalBatches(images, run.cfg.batch_size, run.cfg.seed, run.rt.dist)
     sync(run)
     start = time.perf_counter()
-    run.train_epoch(epoch)
+    run.epoch_loop(epoch)
     sync(run)
     return images / (time.perf_counter() - start)
 

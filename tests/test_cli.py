@@ -226,3 +226,34 @@ def test_the_real_command_exits_2_with_one_line_on_stderr(tmp_path):
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert proc.stderr.startswith("pamc: error: unknown loss 'nope'; valid: ") and "ll-r" in proc.stderr
     assert proc.stdout == "" and not out.exists()
+
+
+def test_warnings_print_as_one_clean_line():
+    """No source file, line number or `warnings.warn(...)` source line reaches the user (run in a
+    process of its own: pytest records warnings instead of printing them)."""
+    import subprocess
+    import sys
+
+    code = """
+import dataclasses, warnings
+from pamc.apps.cli import build_parser, main
+from pamc.apps.cli.base import COMMANDS
+build_parser()
+def warns(args):
+    warnings.warn("the last global batch is skipped; choose a batch size that avoids it")
+    return 0
+COMMANDS["list"] = dataclasses.replace(COMMANDS["list"], run=warns)
+code = main(["list"])
+assert warnings.formatwarning.__name__ != "one_line_warning"  # callers of the library keep their own format
+raise SystemExit(code)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "pamc: warning: the last global batch is skipped; choose a batch size that avoids it\n"
+
+
+def test_an_unknown_preset_names_the_closest_ones(capsys):
+    assert main(["train", "--preset", "voc-ll-r-boost"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("pamc: error: unknown preset 'voc-ll-r-boost'; did you mean voc-ll-r-boostlu,")
+    assert "\n" not in err and err.count(",") < 10 and "lists all" in err

@@ -10,7 +10,7 @@ import torch
 import fixtures_datasets as fx
 from pamc.data.images import CachedImages, ImageFiles, build_image_cache, open_cache
 from pamc.data.prepared import load_prepared, prepare, split_indices
-from pamc.data.sources import DATASET_INFO, describe, format_description, read_source
+from pamc.data.sources import BENCHMARK_FACTS, describe, format_description, read_source
 from pamc.errors import PamcError
 from pamc.labels import LabelStore, single_positive
 from pamc.sparse_labels import SparseLabels
@@ -242,7 +242,7 @@ def test_prepare_partial_own_data(tmp_path):
 
 def test_split_sizes_match_the_papers_and_tiny_data_is_refused(tmp_path):
     for name in ("voc", "coco", "cub"):
-        info = DATASET_INFO[name]
+        info = BENCHMARK_FACTS[name]
         train, val = split_indices(info["official"]["train"], 0.2, 1200)
         assert (len(train), len(val)) == (info["split"]["train"], info["split"]["val"])
     root = fx.make_own(tmp_path / "own", ["a.jpg", "b.jpg"], table="image,cat\na.jpg,1\nb.jpg,0\n")

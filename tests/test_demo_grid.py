@@ -38,7 +38,7 @@ def test_quick_demo_writes_table_report_figures_and_viewer(tmp_path, pamc_cache)
     assert set(json.loads((out / "explanations.json").read_text())["gap"]) >= {"AN", "AN + BoostLU(5)"}
     page = (out / "view.html").read_text()
     assert all(label in page for label in VIEWED_ROWS)
-    config = yaml.safe_load((out / "runs" / "full-seed0" / "config.yaml").read_text())
+    config = yaml.safe_load((out / "runs" / "full" / "seed-0" / "config.yaml").read_text())
     assert config["channels_last"] == "on" and config["epochs"] == 1
     with pytest.raises(PamcError, match="already exists"):
         run_demo(out=str(out), quick=True)  # refused before anything is trained
@@ -52,9 +52,9 @@ def test_grid_trains_each_variant_and_tables_it(tmp_path, pamc_cache):
         assert list(cells) == [name for name, _, _ in GRID_VARIANTS]
         assert all(len(v) == 2 and all(0 <= x <= 100 for x in v) for v in cells.values())
     # each variant trained with its own alphas
-    results = json.loads((tmp_path / "grid" / "runs" / "an-boostlu-train-+-inference-seed1" / "results.json").read_text())
+    results = json.loads((tmp_path / "grid" / "runs" / "an-boostlu-train-+-inference" / "seed-1" / "results.json").read_text())
     assert (results["train_alpha"], results["eval_alpha"], results["seed"]) == (5.0, 5.0, 1)
-    inference = json.loads((tmp_path / "grid" / "runs" / "an-boostlu-inference-only-seed0" / "results.json").read_text())
+    inference = json.loads((tmp_path / "grid" / "runs" / "an-boostlu-inference-only" / "seed-0" / "results.json").read_text())
     assert (inference["train_alpha"], inference["eval_alpha"]) == (1.0, 5.0)
     text = (tmp_path / "grid" / "grid.md").read_text()
     assert "| AN |" in text and "**" in text and json.loads((tmp_path / "grid" / "grid.json").read_text())["seeds"] == [0, 1]

@@ -4,6 +4,8 @@ Reference values are recomputed from the saved checkpoints with sklearn, not rea
 engine's own bookkeeping.
 """
 import json
+import shutil
+from pathlib import Path
 import math
 
 import numpy as np
@@ -18,6 +20,7 @@ from pamc.checkpoint import load_model
 from pamc.config import TrainConfig, make_config
 from pamc.data.transforms import normalize_uint8
 from pamc.engine import NonFiniteLoss, Run
+from pamc.engine.loop import EpochLoop
 from pamc.errors import PamcError
 from pamc.labels import single_positive
 from pamc.losses.assume_negative import AssumeNegative
@@ -114,7 +117,7 @@ def test_ll_cp_writes_its_corrections_into_the_stored_labels(ll_cp_straight):
 def test_resume_after_an_interruption_equals_the_straight_run(ll_cp_straight, tiny_bundle, tmp_path, monkeypatch):
     config, straight = ll_cp_straight
     config = {**config, "out": str(tmp_path / "run")}
-    original = Run.train_epoch
+    original = EpochLoop.__call__
 
     def interrupted(self, epoch):
         if epoch == 3:
@@ -122,7 +125,7 @@ def test_resume_after_an_interruption_equals_the_straight_run(ll_cp_straight, ti
         return original(self, epoch)
 
     with monkeypatch.context() as m:
-        m.setattr(Run, "train_epoch", interrupted)
+        m.setattr(EpochLoop, "__call__", interrupted)
         with pytest.raises(KeyboardInterrupt):
             pamc.train(config, bundle=tiny_bundle)
     assert json.loads((tmp_path / "run" / "last" / "model.json").read_text())["epoch"] == 2
@@ -198,3 +201,25 @@ def test_inference_only_boostlu_evaluates_with_the_eval_alpha(tiny_config, tiny_
     assert abs(boosted - sklearn_map(best, tiny_bundle.test, 1.0)) > 1e-3  # BoostLU changes the ranking
     best_line = metric_lines(tmp_path / "run")[r["best_epoch"] - 1]
     assert best_line["val_map"] == pytest.approx(sklearn_map(best, tiny_bundle.val, 5.0), abs=1e-6)
+
+
+def test_a_checkpoint_of_the_previous_release_resumes_to_the_same_result(tmp_path):
+    """tests/data/legacy-run-0.1.0: a run (LL-Cp, EMA, OneCycle, RandAugment + Cutout, AdamW, clipping)
+    stopped by SIGTERM in epoch 2, step 4, by the release before the engine became a package; the
+    resumed run ends with the results the same release got without interruption."""
+    data = Path(__file__).parent / "data"
+    run = tmp_path / "legacy"
+    shutil.copytree(data / "legacy-run-0.1.0", run)
+    state = torch.load(run / "last" / "state.pt", weights_only=True)
+    assert {"epoch", "step", "partial", "model", "optimizer", "labels", "loss", "scheduler", "schedule_steps",
+            "ema", "rng", "history"} <= set(state)  # the release-0.1 layout this test keeps
+    resumed = pamc.train({"out": str(run)}, resume=True)
+    expected = json.loads((data / "legacy-run-0.1.0-expected-results.json").read_text())
+    assert resumed.results.keys() == expected.keys()
+    for key, value in expected.items():
+        if isinstance(value, float):
+            assert resumed.results[key] == pytest.approx(value, abs=1e-6), key
+        elif key != "test_metrics":
+            assert resumed.results[key] == value, key
+    assert resumed.results["test_metrics"] == pytest.approx(expected["test_metrics"], abs=1e-6)
+    assert json.loads((run / "status.json").read_text())["status"] == "finished"

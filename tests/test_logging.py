@@ -12,7 +12,8 @@ import pamc
 from pamc import hooks as hooks_module
 from pamc.config import TrainConfig, make_config
 from pamc.errors import PamcError
-from pamc.hooks import Hook, tensorboard_available
+from pamc.hooks import Hook
+from pamc.optional import tensorboard_available
 
 from test_preemption import scalars
 
@@ -93,14 +94,15 @@ def test_tensorboard_off_writes_no_events(tiny_config, tiny_bundle, tmp_path):
     assert not (result.out / "tensorboard").exists() and (result.out / "metrics.csv").is_file()
 
 
-def test_without_the_package_auto_warns_once_and_on_is_refused(tiny_config, tiny_bundle, tmp_path, monkeypatch):
+def test_without_the_package_auto_is_quiet_and_on_is_refused(tiny_config, tiny_bundle, tmp_path, monkeypatch, capsys):
+    from pamc import optional
+
     monkeypatch.setattr(hooks_module, "tensorboard_available", lambda: False)
-    monkeypatch.setattr(hooks_module, "_warned_missing", False)
-    with pytest.warns(UserWarning, match="TensorBoard logging is off: the tensorboard package is not installed"):
-        pamc.train({**tiny_config, "epochs": 1}, bundle=tiny_bundle)
-    assert not (tmp_path / "run" / "tensorboard").exists()
+    monkeypatch.setattr(optional, "tensorboard_available", lambda: False)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # once per process: the next run is silent
-        pamc.train({**tiny_config, "epochs": 1, "out": str(tmp_path / "again")}, bundle=tiny_bundle)
+        warnings.simplefilter("error")  # auto, the default, stays quiet: metrics.jsonl/.csv are the log
+        pamc.train({**tiny_config, "epochs": 1}, bundle=tiny_bundle)
+    assert not (tmp_path / "run" / "tensorboard").exists() and (tmp_path / "run" / "metrics.csv").is_file()
+    assert "TensorBoard" not in capsys.readouterr().err
     with pytest.raises(PamcError, match="tensorboard: on needs the tensorboard package"):
         make_config({**TrainConfig().to_dict(), "tensorboard": "on"})

@@ -185,3 +185,60 @@ def test_build_rejects_unknown_names_and_parameters():
 def test_mismatched_label_shape_is_a_user_error():
     with pytest.raises(PamcError, match="do not match logits"):
         losses.build("an")(torch.zeros(2, 3), torch.zeros(2, 4))
+
+
+# -- declared parameter ranges, checked when the config is made
+
+#: constructor parameters a loss checks itself (tensors, or lists checked together)
+CHECKED_BY_THE_CONSTRUCTOR = {"init_observed", "beta", "gauss"}
+
+
+@pytest.mark.parametrize("name", losses.names())
+def test_every_loss_declares_the_range_of_every_parameter(name):
+    import inspect
+
+    cls = losses.LOSSES.get(name)
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    assert accepted - CHECKED_BY_THE_CONSTRUCTOR <= set(cls.params), name
+    assert set(cls.params) <= accepted, name  # nothing declared that the loss does not take
+
+
+@pytest.mark.parametrize("method, loss, message", [
+    ("ll-r", {"delta": -1}, r"ll-r: delta must lie in \[0, 100\] \(got -1\)"),
+    ("ll-cp", {"delta": 101}, r"ll-cp: delta must lie in \[0, 100\]"),
+    ("ll-r", {"delta": "abc"}, r"ll-r: delta must lie in \[0, 100\] \(got 'abc'\)"),
+    ("an-ls", {"epsilon": 0.5}, r"an-ls: epsilon must lie in \[0, 0.5\)"),
+    ("asl", {"clip": True}, r"asl: clip must lie in \[0, 1\)"),
+    ("em-apl", {"warmup": 2.5}, r"em-apl: warmup must be an integer >= 1"),
+    ("epr", {"k": 0}, "epr: k must be a positive number of labels per image"),
+    ("splc", {"reduction": "none"}, "splc: reduction must be one of sum, mean"),
+    ("role", {"lr_mult": float("nan")}, "role: lr_mult must be > 0"),
+])
+def test_a_parameter_out_of_range_is_refused_when_the_config_is_made(method, loss, message):
+    from pamc.config import TrainConfig, make_config
+
+    with pytest.raises(PamcError, match=message) as error:
+        make_config({**TrainConfig().to_dict(), "method": method, "loss": loss})
+    assert "\n" not in str(error.value)
+
+
+def test_the_command_line_refuses_a_bad_loss_parameter_before_any_work(tmp_path, capsys):
+    from pamc.apps.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--method", "ll-r", "--loss", "delta=-1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "pamc: error: ll-r: delta must lie in [0, 100] (got -1)" and not out.exists()
+    assert main(["train", "--method", "ll-r", "--loss", "delta=abc", "--out", str(out)]) == 2
+    assert "delta must lie in [0, 100] (got 'abc')" in capsys.readouterr().err and not out.exists()
+
+
+def test_param_ranges_against_hand_written_cases():
+    from pamc.losses.base import Param
+
+    half_open = Param(0, 1, high_open=True)
+    assert [half_open.valid(v) for v in (0, 0.5, 1, -0.1, None, "x", True, float("inf"))] == \
+        [True, True, False, False, False, False, False, False]
+    assert Param(low=1, integer=True).valid(3) and not Param(low=1, integer=True).valid(1.5)
+    assert Param(optional=True, low=0).valid(None) and Param(choices=("a",)).valid("a")
+    assert Param(low=0, low_open=True).describe() == "be > 0" and half_open.describe() == "lie in [0, 1)"

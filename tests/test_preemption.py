@@ -26,7 +26,8 @@ from pamc.checkpoint import RunFolder
 from pamc.apps.cli import main
 from pamc.engine import Run
 from pamc.errors import PamcError
-from pamc.hooks import Hook, tensorboard_available
+from pamc.hooks import Hook
+from pamc.optional import tensorboard_available
 from pamc.preemption import EXIT_PREEMPTED, Preempted
 
 from test_engine import assert_same_weights, metric_lines, without_timing
@@ -198,13 +199,13 @@ def test_signal_handlers_are_restored(tiny_config, tiny_bundle):
 
 def test_checkpoint_every_minutes(tiny_config, tiny_bundle, monkeypatch):
     saved = []
-    original = Run._save
+    original = Run.save
 
     def recording(self, epoch, is_best, step=0, partial=None):
         saved.append((epoch, step))
         return original(self, epoch, is_best, step, partial)
 
-    monkeypatch.setattr(Run, "_save", recording)
+    monkeypatch.setattr(Run, "save", recording)
     pamc.train({**tiny_config, "epochs": 1, "checkpoint_every_minutes": 1e-9, "tensorboard": "off"}, bundle=tiny_bundle)
     assert saved == [(0, s) for s in range(1, 6)] + [(1, 0)]  # every step, the last one by the epoch's own
 

@@ -8,8 +8,8 @@ import pamc
 from pamc import losses
 from pamc.apps.cli import main as cli_main
 from pamc.config import preset_descriptions, preset_files, resolve
-from pamc.data import DATASETS
-from pamc.data.sources.base import DATASET_INFO
+from pamc.data import LOADERS
+from pamc.data.sources.base import BENCHMARK_FACTS
 from pamc.engine import build_loss
 from pamc.linear_init import LinearInit
 from pamc.models import BACKBONES
@@ -27,7 +27,7 @@ UNPUBLISHED = ("hill", "splc", "focal-margin")
 def _info(cfg):
     if cfg.data["name"] == "scenes":
         return {"num_classes": 10, "expected_positives": 2.5}
-    return DATASET_INFO[cfg.data["path"].split("/")[1].split("-")[0]]
+    return BENCHMARK_FACTS[cfg.data["path"].split("/")[1].split("-")[0]]
 
 
 def test_every_table_cell_has_a_preset():
@@ -40,7 +40,7 @@ def test_every_table_cell_has_a_preset():
 @pytest.mark.parametrize("name", PRESETS)
 def test_preset_resolves_and_builds(name):
     cfg = resolve(preset=name)
-    assert cfg.method in losses.names() and cfg.backbone in BACKBONES.names() and cfg.data["name"] in DATASETS.names()
+    assert cfg.method in losses.names() and cfg.backbone in BACKBONES.names() and cfg.data["name"] in LOADERS.names()
     # the loss accepts the preset's parameters and the dataset's shape (k <= C, warmup < epochs, ...)
     info = _info(cfg)
     num_classes = info["num_classes"]
@@ -91,7 +91,7 @@ def test_spec_values(name, values):
 @pytest.mark.parametrize("dataset", DATASETS_4)
 def test_expected_positives_match_the_dataset(dataset):
     """k has one home, the dataset's facts: presets do not repeat it, the engine passes it on."""
-    k, num_classes = DATASET_INFO[dataset]["expected_positives"], DATASET_INFO[dataset]["num_classes"]
+    k, num_classes = BENCHMARK_FACTS[dataset]["expected_positives"], BENCHMARK_FACTS[dataset]["num_classes"]
     for method in ("epr", "role", "role-li"):
         cfg = resolve(preset=f"{dataset}-{method}")
         assert "k" not in cfg.loss

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pamc.data import DATASETS
+from pamc.data import LOADERS
 from pamc.data import scenes as S
 from pamc.errors import PamcError
 
@@ -248,7 +248,7 @@ def test_missing_fashion_folder_says_how_to_get_it(tmp_path):
 
 
 def test_registered(tmp_path):
-    assert DATASETS.get("scenes") is S.make_scenes
+    assert LOADERS.get("scenes") is S.make_scenes
     bundle = S.make_scenes(n_train=5000, n_val=0, n_test=0, cache_dir=tmp_path)
     assert bundle.train.images.images.shape == (5000, 64, 64)
 

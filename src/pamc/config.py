@@ -16,12 +16,19 @@ import yaml
 from .errors import PamcError
 from .reference import REFERENCE_SEED
 from .files import read_yaml
+from .registry import closest
+
+
+#: marks a setting that does not change what a run computes (where and how fast it runs, its seed,
+#: its folder): runs that differ only in such settings are the same experiment (`pamc table`)
+INCIDENTAL = {"incidental": True}
 
 
 @dataclass
 class TrainConfig:
-    # data
-    data: dict = field(default_factory=lambda: {"name": "scenes", "source": "digits"})
+    # data (its incidental keys say where the data or its cache lives, not what it holds)
+    data: dict = field(default_factory=lambda: {"name": "scenes", "source": "digits"},
+                       metadata={"incidental_keys": ("path", "cache", "cache_dir")})
     observation: str = "auto"  # auto | as-given | full | single-positive | fraction:P [+false-positive:P | +flip-negative:P] (pamc.labels)
     observation_seed: int = REFERENCE_SEED
     # model
@@ -40,7 +47,7 @@ class TrainConfig:
     lr: float = 1e-5
     lr_mult: float = 10.0  # head lr = lr * lr_mult
     selection: str = "full"  # full | observed: which validation labels select the best epoch
-    seed: int = 0
+    seed: int = field(default=0, metadata=INCIDENTAL)
     # training recipe (pamc.recipes); the defaults are the paper's: Adam, constant lr, no decay, flips only
     optimizer: str = "adam"  # adam | adamw
     weight_decay: float = 0.0  # on conv/linear weights, not biases/norms (Adam: L2 in the gradient; AdamW: decoupled)
@@ -53,27 +60,35 @@ class TrainConfig:
     ema: Optional[float] = None  # EMA decay of the weights (ASL/Hill 0.9997); selects, tests and fills best/
     augment: str = "none"  # none | randaugment | randaugment+cutout (per image, on the device; flips always)
     # speed
-    device: str = "auto"
+    device: str = field(default="auto", metadata=INCIDENTAL)
     amp: str = "auto"  # auto (bf16 on CUDA) | bf16 | off
-    channels_last: str = "auto"  # auto (on CUDA) | on | off
-    compile: str = "off"  # off | default | reduce-overhead | max-autotune
-    fused_adam: str = "auto"
+    channels_last: str = field(default="auto", metadata=INCIDENTAL)  # auto (on CUDA) | on | off
+    compile: str = field(default="off", metadata=INCIDENTAL)  # off | default | reduce-overhead | max-autotune
+    fused_adam: str = field(default="auto", metadata=INCIDENTAL)
     sync_batchnorm: bool = False  # SyncBatchNorm under DDP on CUDA (global-batch statistics); CPU: not applied
-    cudnn_benchmark: bool = True
-    num_workers: int = 4
-    eval_batch_size: int = 128
+    cudnn_benchmark: bool = field(default=True, metadata=INCIDENTAL)
+    num_workers: int = field(default=4, metadata=INCIDENTAL)
+    eval_batch_size: int = field(default=128, metadata=INCIDENTAL)
     # run folder, logging, preemption
-    out: str = "runs/default"
-    overwrite: bool = False
-    progress: bool = True
-    log_every: int = 20  # steps between host syncs: non-finite check, per-step logs flushed, stop signals agreed
-    tensorboard: str = "auto"  # auto (if installed) | on | off: RUN/tensorboard event files
-    checkpoint_every_steps: Optional[int] = None  # a resumable last/ every N steps as well as every epoch
-    checkpoint_every_minutes: Optional[float] = None  # ... or every M minutes
-    preset: Optional[str] = None  # the preset the settings started from (set by resolve; read by `pamc table`)
+    out: str = field(default="runs/default", metadata=INCIDENTAL)
+    overwrite: bool = field(default=False, metadata=INCIDENTAL)
+    progress: bool = field(default=True, metadata=INCIDENTAL)
+    log_every: int = field(default=20, metadata=INCIDENTAL)  # steps between host syncs: non-finite check, per-step logs flushed, stop signals agreed
+    tensorboard: str = field(default="auto", metadata=INCIDENTAL)  # auto (if installed) | on | off: RUN/tensorboard event files
+    checkpoint_every_steps: Optional[int] = field(default=None, metadata=INCIDENTAL)  # a resumable last/ every N steps as well as every epoch
+    checkpoint_every_minutes: Optional[float] = field(default=None, metadata=INCIDENTAL)  # ... or every M minutes
+    preset: Optional[str] = field(default=None, metadata=INCIDENTAL)  # the preset the settings started from (set by resolve; read by `pamc table`)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def incidental_settings(cls) -> frozenset[str]:
+        """The settings marked INCIDENTAL, and the incidental keys of `data` as ``data.KEY``."""
+        fields = dataclasses.fields(cls)
+        data = next(f for f in fields if f.name == "data")
+        return frozenset([f.name for f in fields if f.metadata.get("incidental")]
+                         + [f"data.{k}" for k in data.metadata["incidental_keys"]])
 
     @property
     def test_alpha(self) -> float:
@@ -149,7 +164,7 @@ def make_config(values: dict) -> TrainConfig:
         raise PamcError(f"selection must be 'full' or 'observed' (got {cfg.selection!r})")
     from .activation import as_form, check_alpha
     from .labels import Observation
-    from .losses import LOSSES
+    from .losses import check_params
     from .models import BACKBONES
     from .runtime import AMP_MODES, CHANNELS_LAST_MODES, check_mode
 
@@ -160,7 +175,7 @@ def make_config(values: dict) -> TrainConfig:
     check_mode("fused_adam", cfg.fused_adam, dict.fromkeys(SWITCHES))
     check_mode("tensorboard", cfg.tensorboard, dict.fromkeys(SWITCHES))
     if cfg.tensorboard == "on":
-        from .hooks import tensorboard_available
+        from .optional import tensorboard_available
 
         if not tensorboard_available():
             raise PamcError("tensorboard: on needs the tensorboard package: pip install 'pamc[tensorboard]' "
@@ -174,7 +189,10 @@ def make_config(values: dict) -> TrainConfig:
     if cfg.preset is not None and not isinstance(cfg.preset, str):
         raise PamcError(f"preset must be a preset name (got {cfg.preset!r})")
 
-    LOSSES.get(cfg.method), BACKBONES.get(cfg.backbone)  # unknown names fail here, before any work
+    if cfg.loss is not None and not isinstance(cfg.loss, dict):
+        raise PamcError(f"loss must be a mapping of loss parameters, e.g. {{delta: 0.2}} (got {cfg.loss!r})")
+    check_params(cfg.method, cfg.loss or {})  # unknown names and values out of range fail here, before any work
+    BACKBONES.get(cfg.backbone)
     check_alpha(cfg.alpha)
     cfg.activation = None if cfg.activation is None else as_form(cfg.activation).spec()
     if cfg.eval_alpha is not None:
@@ -262,7 +280,9 @@ def load_preset(name: str, _seen: tuple[str, ...] = ()) -> dict:
     belong to another dataset), as `--set data.name=...` does."""
     presets = preset_files()
     if name not in presets:
-        raise PamcError(f"unknown preset {name!r}; valid: {', '.join(sorted(presets))} (see `pamc presets`)")
+        near = closest(name, presets)
+        hint = f"did you mean {', '.join(near)}? " if near else ""
+        raise PamcError(f"unknown preset {name!r}; {hint}`pamc presets` lists all {len(presets)}")
     if name in _seen:
         raise PamcError(f"preset {name!r} inherits from itself through {' -> '.join(_seen + (name,))}; fix its base:")
     values = load_yaml(presets[name])

@@ -8,9 +8,14 @@ The engine calls every hook at fixed points of `Run.fit`:
     before_checkpoint(run)       before a resumable checkpoint is written: make your output durable
     after_train(run, results)    at the end; results is None when the run failed or was preempted
 
+Hooks see the run through `RunView`, a small read-only protocol (the engine's `Run` satisfies it).
+
 Hooks run on the main process only (rank 0 under DDP), so they may write files freely; they must
-not take part in collectives.  A hook with state that a resumed run needs returns it from
-`state_dict` (saved in last/state.pt) and gets it back in `load_state_dict`.
+not take part in collectives.  A trainer feature that changes training (it must then run on every
+process, at the same points, to keep the processes' weights equal) says `every_process = True`.
+A hook with state that a resumed run needs returns it from `state_dict` (saved in
+last/state.pt) and gets it back in `load_state_dict`.  So a new trainer feature is a hook, and
+the training loop stays as it is.
 
 Logging does not slow training: the loop synchronises the host with the device only every
 `log_every` steps (for the non-finite-loss check); the per-step values stay on the device until
@@ -23,35 +28,58 @@ RUN/tensorboard, if the tensorboard package is installed).
 """
 from __future__ import annotations
 
-import importlib.util
-import warnings
+import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Optional
+from pathlib import Path
+from typing import Optional, Protocol
 
 import torch
 
 from .checkpoint import RunFolder
+from .optional import tensorboard_available
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .engine import Run
+log = logging.getLogger(__name__)
+
+
+class RunView(Protocol):
+    """What a hook may read of a run (and only read)."""
+
+    cfg: "object"  # the TrainConfig in force
+    out: Path  # the run folder
+    resumed: bool  # continued from a checkpoint
+
+    @property
+    def epoch(self) -> int: ...  # epochs done
+
+    @property
+    def global_step(self) -> int: ...  # optimiser steps since the run began
+
+    @property
+    def history(self) -> list[dict]: ...  # the metrics records of the finished epochs
+
+    @property
+    def model(self) -> torch.nn.Module: ...  # the weights being trained (unwrapped)
 
 
 class Hook:
     """Override what you need; every method is a no-op here."""
 
-    def before_train(self, run: "Run") -> None:
+    #: run on every process (a feature that changes training), not on the main process only
+    every_process: bool = False
+
+    def before_train(self, run: "RunView") -> None:
         pass
 
-    def after_step(self, run: "Run", step: "Step") -> None:
+    def after_step(self, run: "RunView", step: "Step") -> None:
         pass
 
-    def after_epoch(self, run: "Run", record: dict) -> None:
+    def after_epoch(self, run: "RunView", record: dict) -> None:
         pass
 
-    def before_checkpoint(self, run: "Run") -> None:
+    def before_checkpoint(self, run: "RunView") -> None:
         pass
 
-    def after_train(self, run: "Run", results: Optional[dict]) -> None:
+    def after_train(self, run: "RunView", results: Optional[dict]) -> None:
         pass
 
     def state_dict(self) -> dict:
@@ -87,36 +115,25 @@ class MetricsFiles(Hook):
     def __init__(self, folder: RunFolder):
         self.folder = folder
 
-    def before_train(self, run: "Run") -> None:
+    def before_train(self, run: "RunView") -> None:
         if run.resumed:
             self.folder.rewrite_metrics(run.history)
             if run.history:
                 self.folder.write_metrics_csv(run.history)
 
-    def after_epoch(self, run: "Run", record: dict) -> None:
+    def after_epoch(self, run: "RunView", record: dict) -> None:
         self.folder.append_metrics(record)
         self.folder.write_metrics_csv(run.history)
 
 
-def tensorboard_available() -> bool:
-    return importlib.util.find_spec("tensorboard") is not None
-
-
-_warned_missing = False
-
-
 def tensorboard_enabled(setting: str) -> bool:
-    """auto: on when the tensorboard package is installed (a warning, once per process, when not)."""
-    global _warned_missing
+    """auto: on when the tensorboard package is installed, quietly off when not (metrics.jsonl and
+    metrics.csv are written either way; `on` without the package is refused when the config is made)."""
     if setting == "off":
         return False
     if tensorboard_available():
         return True
-    if setting == "auto" and not _warned_missing:
-        _warned_missing = True
-        warnings.warn("TensorBoard logging is off: the tensorboard package is not installed "
-                      "(pip install 'pamc[tensorboard]'); metrics.jsonl and metrics.csv are written as always",
-                      stacklevel=2)
+    log.info("TensorBoard logging is off: the tensorboard package is not installed (pip install 'pamc[tensorboard]')")
     return False
 
 
@@ -136,7 +153,7 @@ class TensorBoard(Hook):
         self.folder = folder
         self.writer = None
 
-    def before_train(self, run: "Run") -> None:
+    def before_train(self, run: "RunView") -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         purge = run.global_step + 1 if run.resumed else None
@@ -144,7 +161,7 @@ class TensorBoard(Hook):
             _after_earlier_event_files(self.folder.tensorboard)
         self.writer = SummaryWriter(log_dir=str(self.folder.tensorboard), purge_step=purge)
 
-    def after_step(self, run: "Run", step: Step) -> None:
+    def after_step(self, run: "RunView", step: Step) -> None:
         add = self.writer.add_scalar
         for log in step.logs:
             g = log["global_step"]
@@ -158,16 +175,16 @@ class TensorBoard(Hook):
             if "images_per_s" in log:
                 add("train/images_per_s", log["images_per_s"], g)
 
-    def after_epoch(self, run: "Run", record: dict) -> None:
+    def after_epoch(self, run: "RunView", record: dict) -> None:
         g = run.global_step
         self.writer.add_scalar("val/map", record["val_map"], g)
         for key in ("train_loss", "selected", "label_edits", "train_images_per_s"):
             self.writer.add_scalar(f"epoch/{key.removeprefix('train_')}", record[key], g)
 
-    def before_checkpoint(self, run: "Run") -> None:
+    def before_checkpoint(self, run: "RunView") -> None:
         self.writer.flush()
 
-    def after_train(self, run: "Run", results: Optional[dict]) -> None:
+    def after_train(self, run: "RunView", results: Optional[dict]) -> None:
         if self.writer is None:
             return
         if results is not None:

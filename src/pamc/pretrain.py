@@ -58,3 +58,13 @@ def pretrained_scene_backbone(source: str = "digits", canvas: int = 64, object_s
             opt.step()
     atomic_write(path, lambda tmp: save_file(model_state(net), tmp))
     return path
+
+
+def scene_weights(backbone: str, seed: int, data: dict) -> Path:
+    """``backbone_weights: scenes``: the backbone pretrained on the objects of the run's scenes."""
+    from .errors import PamcError
+
+    if data.get("name") != "scenes":
+        raise PamcError("backbone_weights 'scenes' pretrains on scene objects; it needs data.name: scenes")
+    params = {k: data[k] for k in ("source", "canvas", "object_scale") if k in data}
+    return pretrained_scene_backbone(backbone=backbone, seed=seed, **params)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 #: the table's columns, in the paper's order, and how they are printed
-DATASETS = {"voc": "VOC", "coco": "COCO", "nuswide": "NUS-WIDE", "cub": "CUB", "openimages": "OpenImages"}
+DATASET_NAMES = {"voc": "VOC", "coco": "COCO", "nuswide": "NUS-WIDE", "cub": "CUB", "openimages": "OpenImages"}
 
 #: preset suffix -> the paper's row name, in the paper's row order (+ BoostLU rows after their method)
 ROWS = {

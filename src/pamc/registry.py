@@ -81,6 +81,19 @@ class Registry(Generic[T]):
         return iter(self.names())
 
 
+def closest(name: str, choices: Iterable[str], n: int = 5) -> list[str]:
+    """The few `choices` nearest to a mistyped `name` (closest first), for an error that names them
+    instead of listing every valid one; names that contain it or that it contains come first."""
+    import difflib
+
+    choices = list(choices)
+    key = str(name).lower()
+    near = [c for c in choices if key and (key in c.lower() or c.lower() in key)]
+    near.sort(key=lambda c: (-difflib.SequenceMatcher(None, key, c.lower()).ratio(), c))
+    near += [c for c in difflib.get_close_matches(key, choices, n=n, cutoff=0.5) if c not in near]
+    return near[:n]
+
+
 def check_keywords(factory: Callable, given: Iterable[str], what: str, noun: str, exclude: Iterable[str] = ()) -> None:
     """Refuse keywords `factory` does not take, as one error naming them and the valid ones,
     instead of a TypeError traceback deep in a run."""

@@ -19,9 +19,11 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ..checkpoint import RunFolder
 from ..config import TrainConfig
 from ..engine import RunResult, train
 from ..errors import PamcError
+from .table import Cell, RunRecord
 
 
 @dataclass(frozen=True)
@@ -154,7 +156,7 @@ def train_rows(rows: list[Row], seeds: list[int], base: dict, bundle, out_dir: P
         for seed in seeds:
             cfg = TrainConfig(**{**base, "method": row.method, "alpha": row.alpha, "eval_alpha": row.eval_alpha,
                                  "loss": dict(row.loss), **row.settings, "seed": seed,
-                                 "out": str(out_dir / "runs" / f"{row.slug}-seed{seed}")})
+                                 "out": str(RunFolder(out_dir / "runs" / row.slug).seed_run(seed).path)})
             t0 = time.perf_counter()
             result = train(cfg, bundle=bundle)
             runs.setdefault(row.label, []).append(result)
@@ -236,8 +238,13 @@ def run_grid(source: str = "digits", out: str = "pamc-grid", quick: bool = False
     return grid
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+def cell(label: str, values: list[float]) -> Cell:
+    """Test mAPs of one row over seeds as a `pamc table` cell (its mean and standard deviation)."""
+    return Cell(label, "scenes", [RunRecord(Path(), "finished", value=v) for v in values])
+
+
+def spread(c: Cell) -> float:
+    return c.std or 0.0
 
 
 def grid_table(grid: dict[str, dict[str, list[float]]]) -> str:
@@ -245,7 +252,7 @@ def grid_table(grid: dict[str, dict[str, list[float]]]) -> str:
     names = [name for name, _, _ in GRID_VARIANTS]
     lines = ["| method | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for label, cells in grid.items():
-        means = {name: mean_std(cells[name]) for name in names}
+        means = {name: (c.mean, spread(c)) for name in names for c in [cell(label, cells[name])]}
         best = max(names, key=lambda n: means[n][0])
         shown = [(f"**{m:.2f} +- {s:.2f}**" if name == best else f"{m:.2f} +- {s:.2f}") for name, (m, s) in means.items()]
         lines.append(f"| {label} | " + " | ".join(shown) + " |")
@@ -256,9 +263,9 @@ def grid_table(grid: dict[str, dict[str, list[float]]]) -> str:
 def effect(cells: dict[str, list[float]], variant: str) -> tuple[float, float]:
     """(difference of means against no BoostLU, that difference in standard errors of the
     difference, sqrt(s1^2/n + s2^2/n); NaN with one seed)."""
-    none, other = cells[GRID_VARIANTS[0][0]], cells[variant]
-    diff = statistics.fmean(other) - statistics.fmean(none)
-    se = math.sqrt((mean_std(other)[1] ** 2 + mean_std(none)[1] ** 2) / len(none)) if len(none) > 1 else math.nan
+    none, other = cell("", cells[GRID_VARIANTS[0][0]]), cell("", cells[variant])
+    diff = other.mean - none.mean
+    se = math.sqrt((spread(other) ** 2 + spread(none) ** 2) / none.n) if none.n > 1 else math.nan
     return diff, (diff / se if se > 0 else math.nan)
 
 
@@ -288,10 +295,9 @@ def grid_reading(grid: dict[str, dict[str, list[float]]]) -> str:
 def summarise(rows: list[Row], runs: dict[str, list[RunResult]]) -> dict:
     out = {}
     for row in rows:
-        maps = [r.test_map for r in runs[row.label]]
+        maps = cell(row.label, [r.test_map for r in runs[row.label]])
         out[row.label] = {"method": row.method, "train_alpha": row.alpha, "eval_alpha": row.eval_alpha,
-                          "test_map": statistics.fmean(maps), "test_map_std": statistics.stdev(maps) if len(maps) > 1 else 0.0,
-                          "test_map_per_seed": maps, "best_epoch": [r.results["best_epoch"] for r in runs[row.label]],
+                          "test_map": maps.mean, "test_map_std": spread(maps), "test_map_per_seed": maps.values, "best_epoch": [r.results["best_epoch"] for r in runs[row.label]],
                           "val_map": statistics.fmean(r.results["val_map"] for r in runs[row.label])}
     return out
 
@@ -347,37 +353,18 @@ def results_table(results: dict) -> str:
 
 
 def save_cam_figure(full_run: Path, partial_run: Path, bundle, path: Path, alpha: float, images: int = 4) -> None:
-    """image | CAM of the full-label model | CAM of the AN model | AN CAM boosted, one shared
-    colour scale per row (not normalised per map: the difference in scale is the finding)."""
-    from ..activation import boostlu
+    """The CAMs of the full-label and the AN model on test scenes with two or three objects
+    (`explain.figures.boost_comparison_figure`)."""
     from ..checkpoint import load_model
     from ..explain import cams, upsample
-    from ..explain.figures import panel_grid, save
+    from ..explain.figures import boost_comparison_figure
 
-    full_model, _ = load_model(full_run)
-    partial_model, _ = load_model(partial_run)
     test = bundle.test
     picks = [i for i in range(len(test)) if 2 <= test.full[i].sum() <= 3][:images]
     x = test.images.take(torch.tensor(picks))
-    size = tuple(x.shape[-2:])
-    cams_full, cams_partial = (upsample(cams(model, x), size) for model in (full_model, partial_model))
+    maps = [upsample(cams(load_model(run)[0], x), tuple(x.shape[-2:])) for run in (full_run, partial_run)]
     pairs = [(n, c) for n, i in enumerate(picks) for c in np.nonzero(test.full[i])[0]]
-    fig, axes, bars = panel_grid(len(pairs), 4, (2.1, 2.1), (0.1, 0.1), (0.35, 0.75, 0.3, 0.1), colorbars=True)
-    titles = ["image", "full-label CAM", "AN CAM", f"AN CAM, BoostLU alpha={alpha:g}"]
-    for r, (n, c) in enumerate(pairs):
-        maps = [cams_full[n, c], cams_partial[n, c], boostlu(cams_partial[n, c], alpha)]
-        limit = float(max(m.abs().max() for m in maps))
-        axes[r, 0].imshow(x[n, 0].numpy(), cmap="gray")
-        axes[r, 0].set_ylabel(bundle.class_names[c])
-        for k, m in enumerate(maps, start=1):
-            im = axes[r, k].imshow(m.numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit)
-        fig.colorbar(im, cax=bars[r], label="attribution")
-        for k in range(4):
-            axes[r, k].set_xticks([])
-            axes[r, k].set_yticks([])
-            if r == 0:
-                axes[r, k].set_title(titles[k], fontsize=9, y=1)
-    save(fig, path, tight=False)
+    boost_comparison_figure(x, pairs, maps[0], maps[1], bundle.class_names, alpha, path)
 
 
 def pretraining(base: dict) -> str:

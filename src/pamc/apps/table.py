@@ -11,7 +11,7 @@ cell of each column is bold; where the runs follow a preset that reproduces a pu
 
 Nothing is dropped silently: runs that failed, were preempted, are still running or never
 finished are listed under the table with their folder, status and reason (status.json); cells
-whose runs differ in a setting (other than the seed and where/how they ran, `IGNORED`) are
+whose runs differ in a setting (other than the seed and where/how they ran: `TrainConfig.incidental_settings`) are
 flagged with the keys that differ, and so are cells with a seed twice and runs that changed their
 preset's settings (those get no published comparison).
 """
@@ -30,18 +30,9 @@ from typing import Optional, Sequence
 
 from ..checkpoint import RunFolder
 from ..errors import PamcError
-from ..published import DATASETS, METHODS, Published, published_cell, row_label
+from ..published import DATASET_NAMES, METHODS, Published, published_cell, row_label
 
 FORMATS = ("terminal", "markdown", "csv", "latex")
-
-#: settings that do not change what a run computes (where and how fast it ran, its seed): a cell's
-#: runs may differ in them, and a run may change them from its preset, without a flag
-IGNORED = frozenset({
-    "seed", "out", "overwrite", "progress", "device", "num_workers", "eval_batch_size", "cudnn_benchmark", "compile",
-    "fused_adam", "channels_last", "log_every", "tensorboard", "checkpoint_every_steps", "checkpoint_every_minutes",
-    "preset", "data.path", "data.cache", "data.cache_dir",
-})
-
 
 @dataclass
 class RunRecord:
@@ -158,10 +149,12 @@ def flatten(values: dict, prefix: str = "") -> dict:
 
 
 def settings(config: dict) -> dict:
-    """The settings that define what a run computes: flattened, defaults filled, `IGNORED` left out."""
+    """The settings that define what a run computes: flattened, defaults filled, the incidental ones
+    (`TrainConfig.incidental_settings`) left out."""
     from ..config import TrainConfig
 
-    return {k: v for k, v in flatten({**TrainConfig().to_dict(), **config}).items() if k not in IGNORED}
+    incidental = TrainConfig.incidental_settings()
+    return {k: v for k, v in flatten({**TrainConfig().to_dict(), **config}).items() if k not in incidental}
 
 
 def _dataset_of(config: dict) -> str:
@@ -240,7 +233,7 @@ def _row_key(label: str) -> tuple:
 
 
 def _column_key(name: str) -> tuple:
-    order = list(DATASETS)
+    order = list(DATASET_NAMES)
     return (order.index(name), "") if name in order else (len(order), name)
 
 
@@ -326,7 +319,7 @@ def collect(paths: Sequence[str | Path], metric: str = "test_map", best: str = "
 
 
 def column_name(dataset: str) -> str:
-    return DATASETS.get(dataset, dataset)
+    return DATASET_NAMES.get(dataset, dataset)
 
 
 def _cell_parts(cell: Cell, pm: str) -> tuple[str, str]:
@@ -460,9 +453,3 @@ def _latex(table: Table, color: bool, unicode: bool) -> str:
     out += [r"\bottomrule", r"\end{tabular}"]
     out += [f"% {line}" for line in _footer(table) if line]
     return "\n".join(out) + "\n"
-
-
-def table_text(paths: Sequence[str | Path], fmt: str = "terminal", metric: str = "test_map", best: str = "max",
-               color: bool = False, unicode: bool = True) -> str:
-    """`pamc table` as a function: collect the runs under `paths` and render them."""
-    return render(collect(paths, metric, best), fmt, color=color, unicode=unicode)

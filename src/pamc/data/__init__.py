@@ -17,7 +17,7 @@ from ..errors import PamcError
 from ..registry import Registry, check_keywords
 
 #: name -> function(**params) -> DatasetBundle
-DATASETS: Registry = Registry("dataset")
+LOADERS: Registry = Registry("dataset")  # what `data.name` names: scenes, prepared
 
 
 class ArrayImages(Dataset):
@@ -75,7 +75,7 @@ def load_bundle(data: dict) -> DatasetBundle:
         raise PamcError("data must be a mapping with a 'name' (e.g. {name: scenes, source: digits})")
     params = dict(data)
     name = params.pop("name")
-    loader = DATASETS.get(name)
+    loader = LOADERS.get(name)
     check_keywords(loader, params, f"dataset {name!r}", "setting")
     return loader(**params)
 

@@ -38,9 +38,9 @@ from ..errors import PamcError
 from ..reference import REFERENCE_SEED
 from ..labels import Observation
 from ..sparse_labels import SparseLabels
-from . import DATASETS, DatasetBundle, Split
+from . import LOADERS, DatasetBundle, Split
 from .images import ON_ERROR, CachedImages, ImageFiles, build_image_cache, open_cache
-from .sources import DATASET_INFO, SourceData, SourceSplit, find_missing, read_source
+from .sources import BENCHMARK_FACTS, SourceData, SourceSplit, find_missing, read_source
 from .sources.base import Labels, few
 
 FORMAT, VERSION = "pamc-prepared", 1
@@ -160,7 +160,7 @@ def prepare(dataset: str, root: str | Path, out: str | Path, seed: int = REFEREN
     out = Path(out)
     _check_out(out, overwrite)
     source = read_source(dataset, root, **options)
-    observation = observation.resolve(source.train.observed is not None, DATASET_INFO[source.name]["observation"])
+    observation = observation.resolve(source.train.observed is not None, BENCHMARK_FACTS[source.name]["observation"])
     observed, corrupted = observation.draw(source.train.full, source.train.observed, seed, what=source.name)
     splits, origin = _make_splits(source, observed, val_fraction, seed)
 
@@ -280,7 +280,7 @@ def load_prepared(path: str | Path, image_size: int = 448, cache: Optional[str |
         splits[name] = Split(images=images, full=full, observed=observed, names=paths)
     return DatasetBundle(name=meta["dataset"], class_names=class_names, **splits,
                          info={**meta, "prepared": str(path), "skipped": skipped,
-                               "expected_positives": DATASET_INFO.get(meta["dataset"], {}).get("expected_positives")})
+                               "expected_positives": BENCHMARK_FACTS.get(meta["dataset"], {}).get("expected_positives")})
 
 
-DATASETS.register("prepared")(load_prepared)
+LOADERS.register("prepared")(load_prepared)

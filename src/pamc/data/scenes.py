@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from ..errors import PamcError
 from ..files import atomic_write, cache_dir
-from . import DATASETS, ArrayImages, DatasetBundle, Split
+from . import LOADERS, ArrayImages, DatasetBundle, Split
 
 #: bump when the generator's output for the same parameters changes (invalidates caches)
 FORMAT_VERSION = 1
@@ -401,4 +401,4 @@ def make_scenes(source: str = "digits", canvas: int = 64, max_objects: int = 4, 
                          train=_split(data, "train"), val=_split(data, "val"), test=_split(data, "test"), info=info)
 
 
-DATASETS.register("scenes")(make_scenes)
+LOADERS.register("scenes")(make_scenes)

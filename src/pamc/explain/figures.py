@@ -212,3 +212,29 @@ def line_figure(x: Sequence[float], y: Sequence[float], path: str | Path, xlabel
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     return save(fig, path)
+
+
+def boost_comparison_figure(images: torch.Tensor, pairs: Sequence[tuple[int, int]], cams_full: torch.Tensor,
+                            cams_partial: torch.Tensor, class_names: Sequence[str], alpha: float,
+                            path: str | Path) -> Path:
+    """image | CAM of the full-label model | CAM of the partial-label model | that CAM boosted, one
+    row per (image, class) of `pairs`, one shared colour scale per row (not normalised per map: the
+    difference in scale is the paper's finding).  CAMs are (N, C, H, W) at the images' size."""
+    from ..activation import boostlu
+
+    fig, axes, bars = panel_grid(len(pairs), 4, (2.1, 2.1), (0.1, 0.1), (0.35, 0.75, 0.3, 0.1), colorbars=True)
+    titles = ["image", "full-label CAM", "AN CAM", f"AN CAM, BoostLU alpha={alpha:g}"]
+    for r, (n, c) in enumerate(pairs):
+        maps = [cams_full[n, c], cams_partial[n, c], boostlu(cams_partial[n, c], alpha)]
+        limit = float(max(m.abs().max() for m in maps))
+        axes[r, 0].imshow(images[n, 0].numpy(), cmap="gray")
+        axes[r, 0].set_ylabel(class_names[c])
+        for k, m in enumerate(maps, start=1):
+            im = axes[r, k].imshow(m.numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit)
+        fig.colorbar(im, cax=bars[r], label="attribution")
+        for k in range(4):
+            axes[r, k].set_xticks([])
+            axes[r, k].set_yticks([])
+            if r == 0:
+                axes[r, k].set_title(titles[k], fontsize=9, y=1)
+    return save(fig, path, tight=False)

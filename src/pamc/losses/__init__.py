@@ -11,10 +11,17 @@ LOSSES: Registry[type] = Registry("loss")
 register = LOSSES.register
 
 
-def build(name: str, **params) -> PartialLabelLoss:
+def check_params(name: str, params: dict) -> type:
+    """Refuse unknown parameters and values outside a parameter's declared range (`base.Param`),
+    before any work; returns the loss class."""
     cls = LOSSES.get(name)
     check_keywords(cls, params, f"loss {name!r}", "parameter")
-    return cls(**params)
+    cls.check_params(name, params)
+    return cls
+
+
+def build(name: str, **params) -> PartialLabelLoss:
+    return check_params(name, params)(**params)
 
 
 def names() -> list[str]:
@@ -23,4 +30,4 @@ def names() -> list[str]:
 
 from . import assume_negative, asymmetric, entropy, expected_positive, gr, large_loss, robust  # noqa: E402,F401  (registration)
 
-__all__ = ["build", "names", "register", "PartialLabelLoss", "LOSSES"]
+__all__ = ["build", "check_params", "names", "register", "PartialLabelLoss", "LOSSES"]

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from . import register
 from ..errors import PamcError
-from .base import PartialLabelLoss, known_label_loss, nlog, nlog_bce, positive_part
+from .base import Param, PartialLabelLoss, known_label_loss, nlog, nlog_bce, positive_part
 
 
 @register("an")
@@ -34,10 +34,10 @@ class AssumeNegativeLabelSmoothing(PartialLabelLoss):
     Smoothing keeps the false negatives among the assumed negatives from being pushed to 0.
     """
 
+    params = {"epsilon": Param(0.0, 0.5, high_open=True)}  # the reference uses 0.1
+
     def __init__(self, epsilon: float = 0.1):
         super().__init__()
-        if not 0.0 <= epsilon < 0.5:
-            raise PamcError(f"an-ls epsilon must lie in [0, 0.5) (got {epsilon}); the reference uses 0.1")
         self.epsilon = float(epsilon)
 
     def compute(self, logits, observed, epoch, index):

@@ -4,8 +4,7 @@ from __future__ import annotations
 import torch
 
 from . import register
-from ..errors import PamcError
-from .base import PartialLabelLoss, positive_part
+from .base import Param, PartialLabelLoss, positive_part
 
 
 @register("asl")
@@ -21,11 +20,11 @@ class AsymmetricLoss(PartialLabelLoss):
     means over B*C, so one learning rate fits them all (flagged in spec 3.3 as unverified).
     """
 
+    params = {"gamma_neg": Param(low=0), "gamma_pos": Param(low=0), "clip": Param(0, 1, high_open=True),
+              "eps": Param(low=0, low_open=True)}
+
     def __init__(self, gamma_neg: float = 4.0, gamma_pos: float = 0.0, clip: float = 0.05, eps: float = 1e-8):
         super().__init__()
-        if min(gamma_neg, gamma_pos) < 0 or not 0 <= clip < 1 or not eps > 0:
-            raise PamcError(f"asl needs gamma_neg, gamma_pos >= 0, 0 <= clip < 1 and eps > 0 "
-                            f"(got {gamma_neg}, {gamma_pos}, {clip}, {eps})")
         self.gamma_neg = float(gamma_neg)
         self.gamma_pos = float(gamma_pos)
         self.clip = float(clip)

@@ -1,6 +1,8 @@
 """The contract every loss follows, and the label-feedback seam to the training engine.
 
-A loss is called as ``loss_fn(logits, observed, epoch=e, index=idx)`` and returns a scalar.
+A loss is called as ``loss_fn(logits, observed, epoch=e, index=idx)`` and returns a scalar; in
+training the engine calls ``training_loss(forward, batch)``, which does just that unless a method
+needs more than one forward pass or side inputs (the training-step seam, `engine.step`).
 ``observed`` uses 1 / 0 / -1 (soft negatives in (-1, 0)); ``epoch`` is 1-based; ``index`` holds
 the batch's dataset indices, needed only by losses with per-image state (ROLE).
 
@@ -11,10 +13,67 @@ DDP) and never asks which loss it runs.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
+
+from ..errors import PamcError
+
+
+@dataclass(frozen=True)
+class Param:
+    """The valid values of one loss parameter, declared by the loss (`PartialLabelLoss.params`) and
+    checked when a config is made and when the loss is built: a bad value is one line, not a
+    run that trains on a meaningless setting or a traceback from a conversion."""
+
+    low: Optional[float] = None
+    high: Optional[float] = None
+    low_open: bool = False  # low itself excluded
+    high_open: bool = False
+    integer: bool = False
+    choices: Optional[tuple] = None
+    optional: bool = False  # None allowed (the engine or a constructor fills it in)
+    text: Optional[str] = None  # says what the value is, instead of the range
+
+    def describe(self) -> str:
+        if self.text:
+            return f"be {self.text}"
+        if self.choices is not None:
+            return f"be one of {', '.join(map(str, self.choices))}"
+        if self.low is not None and self.high is not None:
+            return (f"lie in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+                    + (" (an integer)" if self.integer else ""))
+        kind = "an integer " if self.integer else ""
+        if self.low is not None:
+            return f"be {kind}{'>' if self.low_open else '>='} {self.low:g}"
+        if self.high is not None:
+            return f"be {kind}{'<' if self.high_open else '<='} {self.high:g}"
+        return "be an integer" if self.integer else "be a number"
+
+    def valid(self, value: Any) -> bool:
+        if value is None:
+            return self.optional
+        if self.choices is not None:
+            return value in self.choices
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return False
+        if self.integer and not float(value).is_integer():
+            return False
+        low_ok = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        high_ok = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return low_ok and high_ok
+
+    def check(self, loss: str, name: str, value: Any) -> None:
+        if not self.valid(value):
+            raise PamcError(f"{loss}: {name} must {self.describe()} (got {value!r})")
+
+
+#: parameters the engine fills in from the run (`engine.build_loss`)
+NUM_IMAGES, NUM_CLASSES = Param(low=1, integer=True), Param(low=1, integer=True)
+NUM_EPOCHS = Param(low=1, integer=True)
 
 
 def _identity_gather(x: torch.Tensor) -> torch.Tensor:
@@ -24,6 +83,15 @@ def _identity_gather(x: torch.Tensor) -> torch.Tensor:
 class PartialLabelLoss(nn.Module):
     #: learning-rate multiplier for the loss's own parameters (ROLE's label estimator)
     param_lr_mult: float = 1.0
+    #: the valid values of the constructor's parameters (`Param`); ranges that tie two parameters
+    #: together are checked by the constructor
+    params: dict[str, Param] = {}
+
+    @classmethod
+    def check_params(cls, name: str, values: dict) -> None:
+        for key, value in values.items():
+            if key in cls.params:
+                cls.params[key].check(name, key, value)
 
     def __init__(self) -> None:
         super().__init__()
@@ -40,8 +108,6 @@ class PartialLabelLoss(nn.Module):
         observed = observed.to(device=logits.device, dtype=torch.float32)
         logits = logits.float()
         if observed.shape != logits.shape:
-            from ..errors import PamcError
-
             raise PamcError(f"labels of shape {tuple(observed.shape)} do not match logits {tuple(logits.shape)}")
         self.last_selected = torch.zeros_like(observed, dtype=torch.bool)
         self.label_updates = None
@@ -51,6 +117,13 @@ class PartialLabelLoss(nn.Module):
     def compute(self, logits: torch.Tensor, observed: torch.Tensor, epoch: int,
                 index: Optional[torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
+
+    def training_loss(self, forward, batch) -> torch.Tensor:
+        """The loss of one training step (`engine.step`: `forward` runs the network, `batch` holds the
+        step's images, labels, rows and epoch).  One forward pass on the batch, then this loss on
+        its logits; a method that needs other views or side inputs overrides this -- the engine's
+        loop stays as it is."""
+        return self(forward(batch.images), batch.observed, epoch=batch.epoch, index=batch.index, gather=batch.gather)
 
     def epoch_end(self, epoch: int, observed: torch.Tensor, initial: torch.Tensor,
                   predict: Callable[[], torch.Tensor]) -> Optional[tuple[torch.Tensor, torch.Tensor]]:

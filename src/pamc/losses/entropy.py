@@ -11,7 +11,7 @@ import torch
 
 from . import register
 from ..errors import PamcError
-from .base import PartialLabelLoss, known_label_loss, nlog_bce
+from .base import NUM_EPOCHS, Param, PartialLabelLoss, known_label_loss, nlog_bce
 
 #: stored soft negatives -p are kept in [-(1 - this), -this] so they never read as 0 or -1
 SOFT_LABEL_MARGIN = 1e-6
@@ -24,10 +24,10 @@ class EntropyMaximization(PartialLabelLoss):
     The reference asserts there are no negatives; pamc supervises them like full-label BCE.
     """
 
+    params = {"alpha": Param(low=0)}
+
     def __init__(self, alpha: float = 0.1):
         super().__init__()
-        if not alpha >= 0:
-            raise PamcError(f"{type(self).__name__}: alpha must be >= 0 (got {alpha})")
         self.alpha = float(alpha)
 
     def entry_losses(self, probs: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
@@ -48,15 +48,14 @@ class EntropyMaximizationAPL(EntropyMaximization):
     it sets how many labels each round converts.
     """
 
+    params = {**EntropyMaximization.params, "beta": Param(low=0), "warmup": Param(low=1, integer=True),
+              "num_epochs": NUM_EPOCHS, "neg_proportion": Param(0, 1)}
+
     def __init__(self, alpha: float = 0.1, beta: float = 0.9, warmup: int = 5, num_epochs: int = 10,
                  neg_proportion: float = 0.9):
         super().__init__(alpha)
-        if not beta >= 0:
-            raise PamcError(f"em-apl: beta must be >= 0 (got {beta})")
-        if not 1 <= int(warmup) < int(num_epochs):
+        if not int(warmup) < int(num_epochs):
             raise PamcError(f"em-apl needs 1 <= warmup < num_epochs (got warmup={warmup}, num_epochs={num_epochs})")
-        if not 0 <= neg_proportion <= 1:
-            raise PamcError(f"em-apl: neg_proportion must lie in [0, 1] (got {neg_proportion})")
         self.beta = float(beta)
         self.warmup = int(warmup)
         self.num_epochs = int(num_epochs)

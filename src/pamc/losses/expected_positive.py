@@ -3,7 +3,7 @@
 Both ignore the unobserved labels in the main term and instead pull the batch's mean number of
 predicted positives per image towards k, the known mean number of positives of the dataset
 (not estimated, as in the reference).  The engine passes the dataset's k where it has one
-(`DatasetBundle.info["expected_positives"]`, from `data.sources.DATASET_INFO` for the benchmarks).
+(`DatasetBundle.info["expected_positives"]`, from `data.sources.BENCHMARK_FACTS` for the benchmarks).
 
 Under DDP the batch mean uses the global batch through ``self.gather`` (the `gather` the engine passes with each call); for the regulariser's
 gradient to reach every process that function must be autograd-aware
@@ -19,13 +19,13 @@ from torch import nn
 
 from . import register
 from ..errors import PamcError
-from .base import PartialLabelLoss, known_label_loss, nlog_bce
+from .base import NUM_CLASSES, NUM_IMAGES, Param, PartialLabelLoss, known_label_loss, nlog_bce
 
 def _reference_values() -> str:
     """The reference k of each benchmark, for help text (the facts live with the datasets)."""
-    from ..data.sources.base import DATASET_INFO
+    from ..data.sources.base import BENCHMARK_FACTS
 
-    return ", ".join(f"{d} {v['expected_positives']}" for d, v in DATASET_INFO.items() if v["expected_positives"])
+    return ", ".join(f"{d} {v['expected_positives']}" for d, v in BENCHMARK_FACTS.items() if v["expected_positives"])
 
 
 def _check_k(name: str, k: Optional[float]) -> float:
@@ -60,6 +60,8 @@ def expected_positive_penalty(probs: torch.Tensor, k: float, gather) -> torch.Te
 class ExpectedPositiveRegularization(PartialLabelLoss):
     """Observed labels only (nlog), plus the expected-positive regulariser R(p)."""
 
+    params = {"k": Param(low=0, low_open=True, optional=True, text="a positive number of labels per image")}
+
     def __init__(self, k: Optional[float] = None):
         super().__init__()
         self.k = _check_k("epr", k)
@@ -82,6 +84,9 @@ class RegularizedOnlineLabelEstimation(PartialLabelLoss):
 
     #: unobserved entries start uniform in logit space on [-logit(0.6), logit(0.6)]: p in [0.4, 0.6]
     unobserved_init_max = 0.6
+
+    params = {"num_images": NUM_IMAGES, "num_classes": NUM_CLASSES, **ExpectedPositiveRegularization.params,
+              "lr_mult": Param(low=0, low_open=True), "seed": Param(integer=True)}
 
     def __init__(self, num_images: int, num_classes: int, k: Optional[float] = None, lr_mult: float = 10.0,
                  init_observed: Optional[torch.Tensor] = None, seed: int = 0):

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from . import register
 from ..errors import PamcError
-from .base import PartialLabelLoss
+from .base import NUM_EPOCHS, Param, PartialLabelLoss
 
 #: added to probabilities before the log by the GR code (not Cole et al.'s 1e-5)
 GR_LOG_EPSILON = 1e-7
@@ -47,6 +47,10 @@ class GeneralizedRobust(PartialLabelLoss):
     gradient where p rounds to 0 or 1.
     """
 
+    #: beta and gauss (4 numbers each) are checked by `_four_numbers`, sigma > 0 with them
+    params = {"q2": Param(low=0, low_open=True), "q3": Param(low=0, low_open=True),  # the reference: 0.01, 1
+              "num_epochs": NUM_EPOCHS, "linear_init_epochs": Param(low=0, integer=True)}
+
     def __init__(self, beta=(0.0, 2.0, -2.0, -2.0), gauss=(0.5, 2.0, 0.8, 0.5), q2: float = 0.01,
                  q3: float = 1.0, num_epochs: int = 8, linear_init_epochs: int = 0):
         super().__init__()
@@ -55,9 +59,7 @@ class GeneralizedRobust(PartialLabelLoss):
         if not (self.gauss[1] > 0 and self.gauss[3] > 0):
             raise PamcError(f"gr: sigma0 and sigmaT (gauss[1], gauss[3]) must be > 0 (got {self.gauss[1]}, "
                             f"{self.gauss[3]}); the reference uses 2 and 0.5")
-        if not (q2 > 0 and q3 > 0):
-            raise PamcError(f"gr: q2 and q3 must be > 0 (got {q2}, {q3}); the reference uses 0.01 and 1")
-        if not 0 <= int(linear_init_epochs) < int(num_epochs):
+        if not int(linear_init_epochs) < int(num_epochs):
             raise PamcError(f"gr needs 0 <= linear_init_epochs < num_epochs "
                             f"(got {linear_init_epochs} and {num_epochs})")
         self.q2, self.q3 = float(q2), float(q3)

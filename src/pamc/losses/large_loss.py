@@ -17,12 +17,15 @@ import torch
 import torch.nn.functional as F
 
 from . import register
-from .base import PartialLabelLoss, positive_part
+from .base import Param, PartialLabelLoss, positive_part
 
 
 class LargeLoss(PartialLabelLoss):
     correct = False  # LL-Ct / LL-Cp: selected entries get the flipped target instead of 0
     permanent = False  # LL-Cp: selected entries become observed positives for good
+
+    #: percent of the batch's B*C entries (per epoch for LL-R / LL-Ct, in all for LL-Cp)
+    params = {"delta": Param(0, 100)}
 
     def __init__(self, delta: float):
         super().__init__()

@@ -19,8 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from . import register
-from ..errors import PamcError
-from .base import PartialLabelLoss, positive_part
+from .base import Param, PartialLabelLoss, positive_part
 
 REDUCTIONS = ("sum", "mean")
 
@@ -39,15 +38,10 @@ def focal_margin(shifted: torch.Tensor, target: torch.Tensor, gamma: float) -> t
 class RobustLoss(PartialLabelLoss):
     """Checks and stores margin, gamma and the reduction; sums or averages the per-entry losses."""
 
+    params = {"margin": Param(low=0), "gamma": Param(low=0), "reduction": Param(choices=REDUCTIONS)}  # 1.0, 2, sum
+
     def __init__(self, margin: float, gamma: float, reduction: str):
         super().__init__()
-        name = type(self).name
-        if not margin >= 0:
-            raise PamcError(f"{name}: margin must be >= 0 (got {margin}); the reference uses 1.0")
-        if not gamma >= 0:
-            raise PamcError(f"{name}: gamma must be >= 0 (got {gamma}); the reference uses 2")
-        if reduction not in REDUCTIONS:
-            raise PamcError(f"{name}: reduction must be one of {', '.join(REDUCTIONS)} (got {reduction!r})")
         self.margin = float(margin)
         self.gamma = float(gamma)
         self.reduction = reduction
@@ -75,11 +69,10 @@ class Hill(RobustLoss):
 
     name = "hill"
 
+    params = {**RobustLoss.params, "lamb": Param(low=1)}  # (lamb - p) * p^2 never negative; the reference: 1.5
+
     def __init__(self, lamb: float = 1.5, margin: float = 1.0, gamma: float = 2.0, reduction: str = "sum"):
         super().__init__(margin, gamma, reduction)
-        if not lamb >= 1:
-            raise PamcError(f"hill: lamb must be >= 1 so that (lamb - p) * p^2 is never negative (got {lamb}); "
-                            "the reference uses 1.5")
         self.lamb = float(lamb)
 
     def compute(self, logits, observed, epoch, index):
@@ -117,14 +110,13 @@ class SPLC(RobustLoss):
 
     name = "splc"
 
+    #: the reference: tau 0.6; change_epoch 2 starts the correction in the second epoch
+    params = {**RobustLoss.params, "tau": Param(0, 1, low_open=True, high_open=True),
+              "change_epoch": Param(low=1, integer=True)}
+
     def __init__(self, tau: float = 0.6, change_epoch: int = 2, margin: float = 1.0, gamma: float = 2.0,
                  reduction: str = "sum"):
         super().__init__(margin, gamma, reduction)
-        if not 0 < tau < 1:
-            raise PamcError(f"splc: tau must lie in (0, 1) (got {tau}); the reference uses 0.6")
-        if isinstance(change_epoch, bool) or not isinstance(change_epoch, int) or change_epoch < 1:
-            raise PamcError(f"splc: change_epoch must be an integer >= 1 (got {change_epoch}); "
-                            "2 starts the correction in the second epoch, as the reference")
         self.tau = float(tau)
         self.change_epoch = change_epoch
 

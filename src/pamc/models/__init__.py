@@ -83,8 +83,12 @@ class CamClassifier(nn.Module):
     def logits_from_cams(self, cams: torch.Tensor, alpha: Optional[Alpha] = None) -> torch.Tensor:
         return self.boost(cams, alpha).mean(dim=(2, 3))
 
-    def forward(self, x: torch.Tensor, alpha: Optional[Alpha] = None) -> torch.Tensor:
-        return self.logits_from_cams(self.cams(x), alpha)
+    def forward(self, x: torch.Tensor, alpha: Optional[Alpha] = None, return_cams: bool = False):
+        """Logits; with `return_cams`, (logits, CAMs before BoostLU) from the same pass, so a training
+        method that reads the maps goes through the (DDP-wrapped, compiled) module like any other."""
+        maps = self.cams(x)
+        logits = self.logits_from_cams(maps, alpha)
+        return (logits, maps) if return_cams else logits
 
 
 @contextmanager

@@ -7,6 +7,7 @@ weight file can never run code.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Optional
@@ -112,3 +113,26 @@ def load_state(module: nn.Module, state: dict[str, torch.Tensor], source: str,
 def load_file_into(module: nn.Module, path: str | Path, target: str, ignore_prefixes: tuple[str, ...] = ()) -> None:
     """A weights file into `module` (named `target` in errors)."""
     load_state(module, read_state_dict(path), f"weights file {path}", ignore_prefixes, target=target)
+
+
+@dataclass(frozen=True)
+class MadeWeights:
+    name: str  # the backbone_weights option ("scenes")
+    file: str  # the weights file it made (or found in the cache)
+
+
+#: backbone_weights options that are made on demand rather than read from a file:
+#: name -> "module:function(backbone=, seed=, data=) -> path"; imported only when named
+NAMED_WEIGHTS = {"scenes": "pamc.pretrain:scene_weights"}
+
+
+def named_weights(option, backbone: str, seed: int, data: dict) -> Optional[MadeWeights]:
+    """The file a named weights option makes for this backbone, seed and data; None for any other
+    option (a file path, a family's own names such as timm's ``imagenet``, or none)."""
+    if not isinstance(option, str) or option not in NAMED_WEIGHTS:
+        return None
+    import importlib
+
+    module, _, function = NAMED_WEIGHTS[option].partition(":")
+    return MadeWeights(option, str(getattr(importlib.import_module(module), function)(backbone=backbone, seed=seed,
+                                                                                         data=data)))

@@ -34,16 +34,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """Warnings as the user reads them: one line, no source file or line of pamc's code."""
-    print(f"pamc: warning: {str(message).strip()}", file=file or sys.stderr)
+def one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings as the user reads them: one line, no source file or line of pamc's code.  (It
+    formats rather than shows, so code that records warnings -- `catch_warnings` -- still does.)"""
+    return f"pamc: warning: {str(message).strip()}\n"
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    previous = warnings.showwarning
-    warnings.showwarning = one_line_warning
+    previous = warnings.formatwarning
+    warnings.formatwarning = one_line_warning
     try:
         return COMMANDS[args.command].run(args)
     except PamcError as exc:  # a preempted run (pamc.preemption.Preempted) exits 75 = EX_TEMPFAIL: rerun it
@@ -54,4 +55,4 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("pamc: interrupted; `pamc train --resume RUN` continues a training run", file=sys.stderr)
         return 130
     finally:
-        warnings.showwarning = previous
+        warnings.formatwarning = previous

@@ -28,7 +28,7 @@ def presets(args: argparse.Namespace) -> int:
 def listing(args: argparse.Namespace) -> int:
     from ... import activation, losses
     from ...config import preset_descriptions
-    from ...data import DATASETS
+    from ...data import LOADERS
     from ...models import BACKBONES
 
     print("backbones:", ", ".join(BACKBONES.names()))
@@ -37,6 +37,6 @@ def listing(args: argparse.Namespace) -> int:
     print("losses:   ", ", ".join(losses.names()))
     print("forms:    ", ", ".join(activation.form_text(name) for name in activation.names()),
           "(of BoostLU; activation: NAME[:KEY=VALUE], defaults shown)")
-    print("datasets: ", ", ".join(DATASETS.names()))
+    print("datasets: ", ", ".join(LOADERS.names()))
     print("presets:  ", ", ".join(preset_descriptions()))
     return 0

@@ -15,12 +15,12 @@ import numpy as np
 from ...errors import PamcError
 from ...registry import check_keywords
 from ...sparse_labels import SparseLabels
-from .base import DATASET_INFO, SOURCES, SourceData, SourceSplit, find_missing, few
+from .base import BENCHMARK_FACTS, READERS, SourceData, SourceSplit, find_missing, few
 
 
 def read_source(dataset: str, root: str | Path, **options: Any) -> SourceData:
     """Read dataset `dataset` (voc, coco, nuswide, cub, openimages, own) from `root`."""
-    reader = SOURCES.get(dataset)
+    reader = READERS.get(dataset)
     check_keywords(reader, options, f"dataset {dataset!r}", "option", exclude=("root",))
     if not Path(root).exists():
         raise PamcError(f"dataset folder {root} not found")
@@ -90,5 +90,5 @@ def format_description(summary: dict, max_classes: int = 20) -> str:
 
 from . import coco, cub, nuswide, openimages, own, voc  # noqa: E402,F401  (registration)
 
-__all__ = ["DATASET_INFO", "SOURCES", "SourceData", "SourceSplit", "describe", "format_description",
+__all__ = ["BENCHMARK_FACTS", "READERS", "SourceData", "SourceSplit", "describe", "format_description",
            "label_counts", "read_source"]

@@ -57,13 +57,13 @@ class SourceData:
                 if split is not None}
 
 
-#: name -> reader(root, **options) -> SourceData
-SOURCES: Registry[Callable[..., SourceData]] = Registry("dataset source")
+#: `pamc prepare`'s dataset names -> reader(root, **options) -> SourceData (a download's layout)
+READERS: Registry[Callable[..., SourceData]] = Registry("dataset source")
 
 #: Facts about the datasets (spec 1.1, 1.2, 6): the default observation `prepare` draws, classes,
 #: official split sizes, the 80/20 split sizes, and the true mean number of positives per image k
 #: (the EPR / ROLE prior).
-DATASET_INFO: dict[str, dict] = {
+BENCHMARK_FACTS: dict[str, dict] = {
     "voc": dict(observation="single-positive", num_classes=20, expected_positives=1.5,
                 official={"train": 5717, "test": 5823}, split={"train": 4574, "val": 1143}),
     "coco": dict(observation="single-positive", num_classes=80, expected_positives=2.9,

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import PamcError
-from .base import SOURCES, SourceData, SourceSplit, find_path
+from .base import READERS, SourceData, SourceSplit, find_path
 
 
 def _load(path: Path) -> dict:
@@ -46,7 +46,7 @@ def _read_split(annotations: Path, split: str) -> tuple[list[str], SourceSplit]:
     return names, SourceSplit(paths, full=full)
 
 
-@SOURCES.register("coco")
+@READERS.register("coco")
 def read_coco(root: str | Path) -> SourceData:
     """`root`: the folder holding annotations/, train2014/ and val2014/."""
     root = Path(root)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import PamcError
-from .base import SOURCES, SourceData, SourceSplit, find_path, parse_int, read_lines
+from .base import READERS, SourceData, SourceSplit, find_path, parse_int, read_lines
 
 
 def _id_table(path: Path, min_fields: int) -> list[list[str]]:
@@ -25,7 +25,7 @@ def _id_table(path: Path, min_fields: int) -> list[list[str]]:
     return rows
 
 
-@SOURCES.register("cub")
+@READERS.register("cub")
 def read_cub(root: str | Path) -> SourceData:
     """`root`: the folder CUB_200_2011.tgz was extracted into, or the CUB_200_2011 folder itself."""
     root = Path(root)

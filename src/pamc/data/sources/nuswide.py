@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import PamcError
-from .base import SOURCES, SourceData, SourceSplit, find_path, read_lines
+from .base import READERS, SourceData, SourceSplit, find_path, read_lines
 
 CONCEPTS = ["ConceptsList/Concepts81.txt", "Concepts81.txt", "NUS-WIDE/ConceptsList/Concepts81.txt"]
 VARIANTS = ("auto", "formatted", "official")
@@ -71,7 +71,7 @@ def _read_official(root: Path) -> SourceData:
     return SourceData("nuswide", root / "Flickr", names, train=splits["train"], test=splits["test"], notes=[note])
 
 
-@SOURCES.register("nuswide")
+@READERS.register("nuswide")
 def read_nuswide(root: str | Path, variant: str = "auto") -> SourceData:
     root = Path(root)
     if variant not in VARIANTS:

@@ -23,7 +23,7 @@ import numpy as np
 
 from ...errors import PamcError
 from ...sparse_labels import SparseLabels
-from .base import SOURCES, SourceData, SourceSplit, find_path, read_lines
+from .base import READERS, SourceData, SourceSplit, find_path, read_lines
 
 SPLITS = {"train": ("train", "images_train"), "val": ("validation", "images_val"), "test": ("test", "images_test")}
 CONFIDENCE = {"1": 1, "1.0": 1, "0": -1, "0.0": -1}
@@ -77,7 +77,7 @@ def _read_annotations(path: Path, class_index: dict[str, int]) -> tuple[list[str
     return ids, labels, outside
 
 
-@SOURCES.register("openimages")
+@READERS.register("openimages")
 def read_openimages(root: str | Path) -> SourceData:
     """`root`: the folder holding 2017_11/ (metadata) and the image folders."""
     root = Path(root)

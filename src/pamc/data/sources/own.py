@@ -28,7 +28,7 @@ from typing import Optional
 import numpy as np
 
 from ...errors import PamcError
-from .base import SOURCES, SourceData, SourceSplit, few
+from .base import READERS, SourceData, SourceSplit, few
 
 FORMATS = (".csv", ".jsonl")
 
@@ -125,7 +125,7 @@ def _locate(root: Path, labels: Optional[str | Path]) -> Path:
     return path if path.is_file() or not (root / path).is_file() else root / path
 
 
-@SOURCES.register("own")
+@READERS.register("own")
 def read_own(root: str | Path, labels: Optional[str | Path] = None, test_labels: Optional[str | Path] = None) -> SourceData:
     """`root`: the image folder; `labels` / `test_labels`: label tables (relative paths may be in `root`)."""
     root = Path(root)

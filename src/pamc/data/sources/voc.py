@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import PamcError
-from .base import SOURCES, SourceData, SourceSplit, find_path, read_lines
+from .base import READERS, SourceData, SourceSplit, find_path, read_lines
 
 CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
            "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
@@ -38,7 +38,7 @@ def _read_split(main: Path, split: str) -> SourceSplit:
     return SourceSplit([f"JPEGImages/{image_id}.jpg" for image_id in ids], full=full)
 
 
-@SOURCES.register("voc")
+@READERS.register("voc")
 def read_voc(root: str | Path) -> SourceData:
     """`root`: the folder holding VOCdevkit, the VOCdevkit folder, or VOC2012 itself."""
     root = Path(root)

@@ -1,0 +1,46 @@
+"""What a run trains: the model and the loss, built from its config and what the data says.
+
+Knows no dataset or loss by name: weights that are made rather than read (``scenes``) come from
+`models.weights.named_weights`, and a loss receives the run facts its constructor asks for.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Optional
+
+import torch
+
+from .. import losses as loss_registry
+from ..config import TrainConfig
+from ..losses.base import PartialLabelLoss
+from ..models import CamClassifier
+from ..models.weights import named_weights
+
+
+def build_model(cfg: TrainConfig, num_classes: int) -> CamClassifier:
+    made = named_weights(cfg.backbone_weights, backbone=cfg.backbone, seed=cfg.seed, data=cfg.data)
+    torch.manual_seed(cfg.seed)
+    model = CamClassifier(cfg.backbone, num_classes, alpha=cfg.alpha,
+                          weights=cfg.backbone_weights if made is None else made.file, activation=cfg.activation)
+    if made is not None:  # what model.json records: the option, and the file it made
+        info = model.backbone.weights_info or {}
+        model.backbone.weights_info = {"name": made.name, "file": info.get("name"), "sha256": info.get("sha256")}
+    return model
+
+
+def build_loss(cfg: TrainConfig, num_images: int, num_classes: int, observed,
+               expected_positives: Optional[float] = None) -> PartialLabelLoss:
+    """Build the configured loss, filling in what it needs from the run (and only that).
+
+    Losses with per-image state or schedules declare parameters such as `num_images` or
+    `num_epochs` in their constructor; the engine supplies those it knows unless configured --
+    `k` (EPR / ROLE) from the dataset's expected number of positives, where it has one.
+    """
+    cls = loss_registry.LOSSES.get(cfg.method)
+    context = {"num_images": num_images, "num_classes": num_classes, "num_epochs": cfg.epochs,
+               "init_observed": torch.as_tensor(observed) if not hasattr(observed, "batch") else None,
+               "seed": cfg.seed, "k": expected_positives}
+    accepted = inspect.signature(cls.__init__).parameters
+    params = {k: v for k, v in context.items() if k in accepted and v is not None}
+    params.update(cfg.loss or {})
+    return loss_registry.build(cfg.method, **params)
