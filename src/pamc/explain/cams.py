@@ -151,7 +151,7 @@ def cams(model, images, classes: Optional[Sequence[int | str]] = None, boosted: 
     """
     index = None if classes is None else resolve_classes(classes, class_names, model.num_classes)
     boost = alpha if alpha is not None else (model.alpha if boosted else 1.0)
-    out = [(model.boost(maps, boost) if index is None else model.boost(maps, boost)[:, index]).cpu()
+    out = [model.boost(maps, boost)[:, slice(None) if index is None else index].cpu()
            for maps in cam_batches(model, images, batch_size, image_size)]
     if not out:
         raise PamcError("no images were given")
