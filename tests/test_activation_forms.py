@@ -95,6 +95,8 @@ def test_names_texts_and_specs():
     assert form_text({"name": "boostlu-threshold", "tau": 0.25}) == "boostlu-threshold:tau=0.25"
     assert repr(BoostLU(2.0, "boostlu-smooth", beta=3)) == "BoostLU(boostlu-smooth:beta=3, alpha=2.0)"
     assert repr(BoostLU([1, 2])) == "BoostLU(alpha=per-class 1-2 (mean 1.5))"
+    assert BoostLU(torch.tensor([1.0, 2.0])).alpha == (1.0, 2.0) and BoostLU(np.array([3.0])).alpha == (3.0,)
+    assert BoostLU(torch.tensor(4.0)).alpha == 4.0  # a 0-d tensor is one alpha
 
 
 @pytest.mark.parametrize("make, message", [

@@ -41,8 +41,10 @@ DEFAULT_FORM = "boostlu"
 
 def check_alpha(alpha: Alpha) -> float | tuple[float, ...]:
     """A float >= 1, or a tuple of them for per-class alpha (a sequence, array or 1-D tensor)."""
-    if torch.is_tensor(alpha) or (not isinstance(alpha, (str, bytes)) and hasattr(alpha, "__len__")):
-        values = tuple(float(a) for a in (alpha.tolist() if hasattr(alpha, "tolist") else alpha))
+    if hasattr(alpha, "tolist"):  # a tensor or array: a number when 0-d, else a list
+        alpha = alpha.tolist()
+    if isinstance(alpha, (list, tuple)):
+        values = tuple(float(a) for a in alpha)
         if not values:
             raise PamcError("per-class BoostLU alpha is empty; give one alpha per class")
         for value in values:
