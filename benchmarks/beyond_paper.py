@@ -10,7 +10,7 @@ on single objects, 4 epochs, lr 1e-4 with the head x10, best epoch by full-label
 run per seed.  A finished run (its results.json) is reused, so an interrupted command picks up
 where it stopped.
 
-forms: AN, LL-R and GR (`--methods`), each trained without BoostLU and then boosted at inference
+forms: AN, LL-R, GR and ROLE (`--methods`), each trained without BoostLU and then boosted at inference
 only -- every form at alpha 5, and every form with per-class alpha tuned on the validation
 split's *observed* labels (`pamc tune-alpha --per-class --mode observed`, alphas 1 ... 10) -- and
 each trained and evaluated with every form at alpha 5.  Writes forms.json and forms.md.
@@ -34,7 +34,8 @@ import torch
 
 #: the forms measured (the registry's defaults: tau 0.5 and beta 2 in the scenes' CAM units)
 FORMS = {"boostlu": "boostlu", "threshold": "boostlu-threshold:tau=0.5", "smooth": "boostlu-smooth:beta=2"}
-METHODS = {"an": "AN", "ll-r": "LL-R", "gr": "GR"}
+#: AN, LL-R, GR, and ROLE: the best method of `pamc demo --grid` without BoostLU and with it at inference only
+METHODS = {"an": "AN", "ll-r": "LL-R", "gr": "GR", "role": "ROLE"}
 BOOST = 5.0
 #: protocol -> its observation with the noise at rate P
 PROTOCOLS = {"false-positive": "single-positive+false-positive:{p:g}", "flip-negative": "fraction:0.5+flip-negative:{p:g}"}
