@@ -6,6 +6,7 @@ everywhere BoostLU goes: CamClassifier, model.json (old files load as boostlu), 
 import contextlib
 import io
 import json
+import re
 import shutil
 
 import numpy as np
@@ -238,6 +239,7 @@ def smooth_checkpoint(threshold_run, tmp_path_factory):
                                     "--activation", "boostlu-smooth:beta=2", "--device", "cpu"])
     assert code == 0, stderr
     assert stdout.startswith("boostlu-smooth:beta=2\n") and "best alpha per-class" in stdout
+    assert re.search(r"mAP \d+\.\d\d with per-class alpha, \d+\.\d\d with the best shared alpha \d", stdout)
     return out
 
 

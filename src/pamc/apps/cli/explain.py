@@ -105,6 +105,8 @@ def tune_alpha(args: argparse.Namespace) -> int:
     print(f"{result['form']}\n| alpha | mAP ({args.mode} {args.split} labels) |\n|---:|---:|")
     for row in result["table"]:
         print(f"| {row['alpha']:g} | {row['map']:.2f} |")
-    print(f"best alpha {describe_alpha(result['best_alpha'])}: mAP {result['best_map']:.2f}"
-          + (f", stored in {result['stored_in']}" if args.store else ""))
+    print(f"best alpha {describe_alpha(result['best_alpha'])}" + (f", stored in {result['stored_in']}" if args.store else ""))
+    if args.per_class:
+        print(f"mAP {result['best_map']:.2f} with per-class alpha, {result['shared_map']:.2f} with the best shared "
+              f"alpha {result['shared_alpha']:g}")
     return 0
