@@ -5,7 +5,7 @@
 Training: `pamc.train` (AN loss, batch 16) at alpha 1 and at alpha 5, the two alternating so that a
 drifting load on a shared machine hits both alike; the samples are the engine's own
 `train_images_per_s` of every epoch after the first (the first pays one-off kernel set-up).
-Inference: `pamc.engine.predict` of the trained model on the test scenes, again alternating the
+Inference: `pamc.runtime.predict` of the trained model on the test scenes, again alternating the
 alphas, after one warm-up pass.  BoostLU is one element-wise op on a C x 8 x 8 map per image,
 against a CNN forward/backward, so alpha 5 is expected to match alpha 1 within the noise.
 Prints a markdown table (mean +- std over the samples) with the machine it ran on.  On a busy

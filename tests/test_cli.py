@@ -127,7 +127,7 @@ def test_eval_and_results_hold_the_standard_metrics(cli_run, tiny_bundle, tmp_pa
     assert row["CF1"] == pytest.approx(2 * want["CP"] * want["CR"] / (want["CP"] + want["CR"]), abs=1e-6)
     # results.json of the run: the same metrics on the test split at the run's evaluation alpha
     results = json.loads((out / "results.json").read_text())
-    assert set(results["test_metrics"]) == {k for k in row if k not in ("alpha", "map")}
+    assert set(results["test_metrics"]) == {k for k in row if k not in ("alpha", "map", "threshold")}
     assert results["test_metrics"]["CP"] == pytest.approx(want["CP"], abs=1e-4)
     assert run_main(["eval", out, "--out", tmp_path / "eval.txt", "--device", "cpu"])[0] == 2
 

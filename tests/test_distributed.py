@@ -39,6 +39,7 @@ def config(method: str, out: Path, cache: Path):
                         "data": {"name": "scenes", **SCENES, "cache_dir": str(cache)},
                         "backbone": "scene-cnn-gn", "method": method, "loss": METHODS[method],
                         "epochs": EPOCHS, "batch_size": 16, "lr": 3e-4, "device": "cpu", "num_workers": 0,
+                        "amp": "off", "channels_last": "off",  # exact across process counts: fp32 NCHW, as auto under DDP
                         "eval_batch_size": 8, "out": str(out), "progress": False})
 
 

@@ -23,8 +23,8 @@ class TwoViews(AssumeNegative):
         mirrored = forward(batch.prepare(torch.flip(batch.raw, dims=[-1])))
         TwoViews.calls.append((batch.epoch, tuple(batch.index.shape), tuple(batch.observed.shape), tuple(cams.shape),
                                logits.dtype, mirrored.shape == logits.shape))
-        return self(logits, batch.observed, epoch=batch.epoch, index=batch.index) + \
-            self(mirrored, batch.observed, epoch=batch.epoch, index=batch.index)
+        return self(logits, batch.observed, epoch=batch.epoch, index=batch.index, gather=batch.gather) + \
+            self(mirrored, batch.observed, epoch=batch.epoch, index=batch.index, gather=batch.gather)
 
 
 def test_a_method_with_an_extra_forward_pass_trains_through_training_loss(tiny_config, tiny_bundle, monkeypatch):

@@ -242,3 +242,18 @@ def test_param_ranges_against_hand_written_cases():
     assert Param(low=1, integer=True).valid(3) and not Param(low=1, integer=True).valid(1.5)
     assert Param(optional=True, low=0).valid(None) and Param(choices=("a",)).valid("a")
     assert Param(low=0, low_open=True).describe() == "be > 0" and half_open.describe() == "lie in [0, 1)"
+
+
+def test_a_loss_built_directly_is_checked_as_build_checks_it():
+    import numpy as np
+
+    from pamc.losses.asymmetric import AsymmetricLoss
+    from pamc.losses.large_loss import LargeLossRejection
+
+    with pytest.raises(PamcError, match=r"ll-r: delta must lie in \[0, 100\] \(got -1\)"):
+        LargeLossRejection(delta=-1)
+    with pytest.raises(PamcError, match=r"asl: clip must lie in \[0, 1\)"):
+        AsymmetricLoss(clip=5)
+    assert losses.build("ll-r", delta=np.int64(2)).delta == 2.0  # numpy numbers are numbers
+    with pytest.raises(PamcError, match="change_epoch must be an integer >= 1"):
+        losses.build("splc", change_epoch=2.0)

@@ -29,6 +29,7 @@ def config(out: Path, cache: Path):
     return make_config({**TrainConfig().to_dict(), "data": {"name": "scenes", **SCENES, "cache_dir": str(cache)},
                         "backbone": "scene-cnn-gn", "method": "ll-cp", "loss": {"delta": 5}, "epochs": 2,
                         "batch_size": 16, "lr": 3e-4, "device": "cpu", "num_workers": 0, "eval_batch_size": 8,
+                        "amp": "off", "channels_last": "off",  # exact across process counts: fp32 NCHW, as auto under DDP
                         "out": str(out), "progress": False, "log_every": 4, "tensorboard": "off"})
 
 

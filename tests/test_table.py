@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 import re
 import statistics
 
@@ -220,3 +221,18 @@ def test_seeds_sweep_prints_the_table(tiny_settings, tmp_path):
     with contextlib.redirect_stdout(stdout):  # rerun with --resume auto: both seeds are done
         assert main(args + ["--resume", "auto"]) == 0
     assert "(n=2)" in stdout.getvalue()
+
+
+def test_runs_whose_auto_chose_other_precisions_are_told_apart(tmp_path):
+    """`amp: auto` is bf16 on one CPU and fp32 on another: the cell compares what each run used."""
+    for seed, amp in ((0, "bf16"), (1, "off")):
+        folder = tmp_path / f"seed-{seed}"
+        folder.mkdir()
+        (folder / "config.yaml").write_text(f"method: an\nseed: {seed}\namp: auto\ndata: {{name: scenes, source: digits}}\n")
+        (folder / "results.json").write_text(json.dumps({"method": "an", "test_map": 50.0 + seed, "seed": seed,
+                                                         "dataset": "scenes-digits", "train_alpha": 1.0,
+                                                         "runtime": {"device": "cpu", "amp": amp}}))
+    records = [read_run(tmp_path / f"seed-{s}") for s in (0, 1)]
+    assert [r.config["amp"] for r in records] == ["bf16", "off"]
+    table = build_table(records)
+    assert any("amp" in text for _, _, text in table.notes)

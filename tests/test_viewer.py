@@ -10,6 +10,7 @@ $PAMC_ARTIFACTS when set).
 """
 import base64
 import contextlib
+import csv
 import io
 import json
 import os
@@ -189,19 +190,27 @@ def browser():
         chromium.close()
 
 
-@pytest.fixture
-def page(browser, view):
-    """The view opened from disk; fails the test on any console error or page error."""
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+@contextlib.contextmanager
+def opened(browser, path: Path):
+    """The page at `path` opened from disk; fails the test on any console error, page error or
+    request that leaves the file."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
     errors = []
     page.on("console", lambda m: errors.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
     page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
-    page.on("request", lambda r: errors.append(f"request: {r.url}") if not r.url.startswith(("file:", "data:")) else None)
-    page.goto(view.resolve().as_uri())
+    page.on("request", lambda r: errors.append(f"request: {r.url}")
+            if not r.url.startswith(("file:", "data:", "blob:")) else None)
+    page.goto(path.resolve().as_uri())
     page.wait_for_function("window.pamcView && window.pamcView.ready", timeout=30_000)
     yield page
     page.close()
     assert not errors, errors
+
+
+@pytest.fixture
+def page(browser, view):
+    with opened(browser, view) as page:
+        yield page
 
 
 def state(page) -> dict:
@@ -292,3 +301,86 @@ def test_painted_colours_are_rdbu_of_the_python_values(page, data, models, test_
             drawn = page.evaluate(f"pamcView.mapValue({m}, {row}, {x}, {y})")
             assert drawn == pytest.approx(float(values[y, x]), abs=1e-5)
     save_screenshot(page, tmp_path, "view-colours.png")
+
+
+# ----------------------------------------------------------------------------- the review page
+
+
+@pytest.fixture(scope="module")
+def review(runs, tmp_path_factory):
+    """The review page of the first run's 8 best suggestions on its training and validation images."""
+    from pamc.review import write_review
+    from pamc.suggest import suggest_labels
+
+    folder = tmp_path_factory.mktemp("review")
+    ranked = suggest_labels(runs[0], how="rank", device="cpu", out=folder / "suggestions.csv").rows
+    chosen = sorted([r for r in ranked if r["split"] == "train"][:4] + [r for r in ranked if r["split"] == "val"][:4],
+                    key=lambda r: r["rank"])  # both splits on one page
+    return write_review(runs[0], chosen, folder / "review.html", count=8, device="cpu"), chosen
+
+
+def test_review_page_holds_the_suggestions_with_their_maps(review, models):
+    path, suggestions = review
+    data = page_data(path)
+    items = data["review"]["items"]
+    assert [(i["name"], data["class_names"][i["class"]], i["rank"]) for i in items] == \
+        [(s["image"], s["class"], s["rank"]) for s in suggestions]
+    assert {i["split"] for i in items} == {"train", "val"}
+    for item in items:  # each suggestion is a row of its image; training images show their labels
+        entry = data["images"][item["image"]]
+        assert entry["name"] == item["name"] and entry["classes"][item["row"]] == item["class"]
+        if item["split"] == "train":
+            assert item["class"] not in entry["observed"]["positive"] + entry["observed"]["negative"]
+
+
+def review_state(page) -> dict:
+    return page.evaluate("pamcView.review.state()")
+
+
+def test_review_from_the_keyboard_then_export_and_merge(browser, review, tmp_path):
+    path, suggestions = review
+    data = page_data(path)
+    items = data["review"]["items"]
+    with opened(browser, path) as page:
+        assert review_state(page)["item"] == 0 and page.is_visible("#review")
+        now = state(page)
+        assert (now["image"], now["row"]) == (items[0]["image"], items[0]["row"])
+        page.keyboard.press("a")  # accept, and on to the next
+        page.keyboard.press("r")
+        assert review_state(page) == {"item": 2, "position": 2, "visible": 8, "filter": "", "decision": None,
+                                      "accepted": 1, "rejected": 1}
+        page.keyboard.press("k")
+        page.keyboard.press("u")  # undo the rejection of item 1
+        page.keyboard.press("j")
+        page.keyboard.press("a")
+        assert review_state(page)["accepted"] == 2 and review_state(page)["rejected"] == 0
+        now = state(page)
+        assert (now["image"], now["row"]) == (items[3]["image"], items[3]["row"])
+        # the class filter shows only that class's suggestions
+        c = items[4]["class"]
+        page.select_option("#review-class", str(c))
+        wanted = [j for j, item in enumerate(items) if item["class"] == c]
+        assert review_state(page)["visible"] == len(wanted) and review_state(page)["item"] == wanted[0]
+        page.keyboard.press("r")  # the picker gave the keys back
+        page.fill("#reviewer", "ana")
+        with page.expect_download() as download:
+            page.click("#review-export")
+        exported = tmp_path / "decisions.csv"
+        download.value.save_as(exported)
+        assert exported.read_text() == page.evaluate("pamcView.review.csv()")
+        save_screenshot(page, tmp_path, "review.png")
+    with open(exported, newline="") as f:
+        rows = list(csv.DictReader(f))
+    decided = {0: "accept", 2: "accept", wanted[0]: "reject"}
+    assert [(r["image"], r["class"], r["decision"], r["reviewer"]) for r in rows] == \
+        [(items[j]["name"], data["class_names"][items[j]["class"]], d, "ana") for j, d in sorted(decided.items())]
+    # merged into a label file of these training images: accepted pairs become observed positives
+    names = sorted({r["image"] for r in rows})
+    labels = tmp_path / "labels.csv"
+    labels.write_text("image," + ",".join(data["class_names"]) + "\n" +
+                      "".join(f"{n}," + ",".join([""] * len(data["class_names"])) + "\n" for n in names))
+    code, _, stderr = run_cli(["labels", "merge", "--labels", labels, "--decisions", exported, "--out", tmp_path / "new.csv"])
+    assert code == 0, stderr
+    with open(tmp_path / "new.csv", newline="") as f:
+        merged = {(r["image"], c) for r in csv.DictReader(f) for c in data["class_names"] if r[c] == "1"}
+    assert merged == {(r["image"], r["class"]) for r in rows if r["decision"] == "accept"}

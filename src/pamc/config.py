@@ -61,13 +61,13 @@ class TrainConfig:
     augment: str = "none"  # none | randaugment | randaugment+cutout (per image, on the device; flips always)
     # speed
     device: str = field(default="auto", metadata=INCIDENTAL)
-    amp: str = "auto"  # auto (bf16 on CUDA) | bf16 | off
-    channels_last: str = field(default="auto", metadata=INCIDENTAL)  # auto (on CUDA) | on | off
+    amp: str = "auto"  # auto (bf16 on CUDA; on a CPU with native bf16 for one process, see pamc.runtime) | bf16 | off
+    channels_last: str = field(default="auto", metadata=INCIDENTAL)  # auto (as amp) | on | off
     compile: str = field(default="off", metadata=INCIDENTAL)  # off | default | reduce-overhead | max-autotune
     fused_adam: str = field(default="auto", metadata=INCIDENTAL)
     sync_batchnorm: bool = False  # SyncBatchNorm under DDP on CUDA (global-batch statistics); CPU: not applied
     cudnn_benchmark: bool = field(default=True, metadata=INCIDENTAL)
-    num_workers: int = field(default=4, metadata=INCIDENTAL)
+    num_workers: Any = field(default="auto", metadata=INCIDENTAL)  # image-decoding workers: N | auto (the cores available per process)
     eval_batch_size: int = field(default=128, metadata=INCIDENTAL)
     # run folder, logging, preemption
     out: str = field(default="runs/default", metadata=INCIDENTAL)
@@ -180,6 +180,8 @@ def make_config(values: dict) -> TrainConfig:
         if not tensorboard_available():
             raise PamcError("tensorboard: on needs the tensorboard package: pip install 'pamc[tensorboard]' "
                             "(or set tensorboard auto/off)")
+    if cfg.num_workers != "auto" and not (_is_int(cfg.num_workers) and cfg.num_workers >= 0):
+        raise PamcError(f"num_workers must be a number >= 0 or auto (got {cfg.num_workers!r})")
     for name in ("checkpoint_every_steps",):
         value = getattr(cfg, name)
         if value is not None and (not _is_int(value) or value < 1):

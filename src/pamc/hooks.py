@@ -6,6 +6,7 @@ The engine calls every hook at fixed points of `Run.fit`:
     after_step(run, step)        after every optimiser step (a `Step`)
     after_epoch(run, record)     after validation, with the epoch's metrics.jsonl record
     before_checkpoint(run)       before a resumable checkpoint is written: make your output durable
+                                 (on the main process only, where checkpoints are written)
     after_train(run, results)    at the end; results is None when the run failed or was preempted
 
 Hooks see the run through `RunView`, a small read-only protocol (the engine's `Run` satisfies it).
@@ -42,7 +43,8 @@ log = logging.getLogger(__name__)
 
 
 class RunView(Protocol):
-    """What a hook may read of a run (and only read)."""
+    """What a hook sees of a run.  Reporting hooks only read it; a trainer feature
+    (`every_process = True`) may change the weights it trains (`model`)."""
 
     cfg: "object"  # the TrainConfig in force
     out: Path  # the run folder

@@ -6,7 +6,7 @@ and images), for `epochs` epochs of Adam at `lr` with mini-batches of `batch_siz
 run's own loss and observed labels (epochs numbered 1..E for the loss's schedule).  The epoch with
 the best validation mAP (strictly greater, selection labels as the run's `selection`) gives the
 head that phase 2, the run's usual end-to-end training, starts from.  It is a phase of the run
-(`engine.Run.fit` calls `LinearInit.run` before the first epoch) with its own optimiser, so phase
+(`engine.Run.before_first_epoch` calls `LinearInit.run`) with its own optimiser, so phase
 2 begins with fresh Adam state; it receives what it works on as arguments and touches nothing else.
 
 Pooled or spatial features.  By default the head is trained on globally pooled features, as the

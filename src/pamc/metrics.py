@@ -104,7 +104,8 @@ def split_map(scores, targets) -> float:
 def multilabel_metrics(scores, targets, threshold=0.5, top_k=None, zero_division=0.0) -> dict:
     """{"CP", "CR", "CF1", "OP", "OR", "OF1"} in percent (ML-GCN, CVPR'19; spec since-2023 4).
 
-    Predicted positive: score >= `threshold` (0.5 for probabilities, 0 for logits); with `top_k`
+    Predicted positive: score >= `threshold` (0.5 for probabilities, 0 for logits; or one threshold
+    per class, e.g. `pamc.thresholds`' calibrated ones); with `top_k`
     = k it must also be among the k highest scores of its image, as in ML-GCN's top-3 code;
     threshold None keeps the k highest alone.  Ties at the k-th score go to the lower class
     index.  From TP, FP, FN per class: CP and CR are the means over the classes of TP/(TP+FP)
@@ -126,6 +127,7 @@ def multilabel_metrics(scores, targets, threshold=0.5, top_k=None, zero_division
     """
     _check_options(threshold, top_k, zero_division)
     scores, labels = _prepared(scores, targets)
+    threshold = _per_class(threshold, scores.shape[1])
     return _summary(*_counts(scores, labels, threshold, top_k), zero_division)
 
 
@@ -134,9 +136,18 @@ def standard_metrics(scores, targets, threshold=0.5, top_k=3, zero_division=0.0)
     "OF1") and its top-k variant ("CP@3", ..., "OF1@3"), each in percent."""
     _check_options(threshold, top_k, zero_division)
     scores, labels = _prepared(scores, targets)
+    threshold = _per_class(threshold, scores.shape[1])
     plain = _summary(*_counts(scores, labels, threshold, None), zero_division)
     top = _summary(*_counts(scores, labels, threshold, top_k), zero_division)
     return {**plain, **{f"{key}@{top_k}": value for key, value in top.items()}}
+
+
+def predicted_labels(scores, threshold=0.5, top_k=None) -> np.ndarray:
+    """The decisions the thresholded metrics count (bool, images x classes): score >= `threshold`
+    (one, or one per class) and, with `top_k`, among the image's k highest (ties to the lower class)."""
+    _check_options(threshold, top_k, 0.0)
+    scores = _finite(_host(_as_matrix(scores, "scores")))
+    return _predicted(scores, _per_class(threshold, scores.shape[1]), top_k)
 
 
 def _check_options(threshold, top_k, zero_division) -> None:
@@ -144,12 +155,25 @@ def _check_options(threshold, top_k, zero_division) -> None:
         raise PamcError(f"top_k must be a positive integer or None (got {top_k!r})")
     if threshold is None and top_k is None:
         raise PamcError("threshold None predicts every label; give a threshold (e.g. 0.5), a top_k, or both")
-    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, numbers.Real)
-                                  or not np.isfinite(threshold)):
-        raise PamcError(f"threshold must be a finite number or None (got {threshold!r})")
+    if isinstance(threshold, (np.ndarray, list, tuple, torch.Tensor)):  # one per class
+        if not np.isfinite(np.asarray(threshold, dtype=np.float64)).all():
+            raise PamcError("per-class thresholds must be finite numbers")
+    elif threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, numbers.Real)
+                                    or not np.isfinite(threshold)):
+        raise PamcError(f"threshold must be a finite number, one per class, or None (got {threshold!r})")
     if (isinstance(zero_division, bool) or not isinstance(zero_division, numbers.Real)
             or not (zero_division in (0, 1) or np.isnan(zero_division))):
         raise PamcError(f"zero_division must be 0, 1 or nan (got {zero_division!r})")
+
+
+def _per_class(threshold, num_classes: int):
+    """A scalar threshold as it is; per-class thresholds as a float64 array of `num_classes`."""
+    if not isinstance(threshold, (np.ndarray, list, tuple, torch.Tensor)):
+        return threshold
+    values = np.asarray(threshold, dtype=np.float64)
+    if values.shape != (num_classes,):
+        raise PamcError(f"per-class thresholds must be {num_classes} values, one per class (got shape {values.shape})")
+    return values
 
 
 def _prepared(scores, targets):
@@ -215,7 +239,7 @@ def _counts(scores, labels, threshold, top_k):
         return (*counts, np.ones(num_classes, dtype=bool))
     rows, cols, positive = labels
     if top_k is None:  # only the annotated scores are read
-        predicted = _finite(_entries(scores, rows, cols)) >= threshold
+        predicted = _finite(_entries(scores, rows, cols)) >= (threshold[cols] if isinstance(threshold, np.ndarray) else threshold)
     else:  # the top k need whole rows
         predicted = np.empty(rows.size, dtype=bool)
         for start in range(0, num_images, step):

@@ -19,6 +19,7 @@ from .checkpoint import model_state
 from .distributed import Dist
 from .files import atomic_write, cache_dir
 from .models import build_backbone
+from .models.weights import NAMED_WEIGHTS
 from .runtime import Runtime
 
 PRETRAIN_VERSION = 2  # 2: channels_last (about 15 % faster on CPU; other rounding, so other weights)
@@ -60,6 +61,7 @@ def pretrained_scene_backbone(source: str = "digits", canvas: int = 64, object_s
     return path
 
 
+@NAMED_WEIGHTS.register("scenes")
 def scene_weights(backbone: str, seed: int, data: dict) -> Path:
     """``backbone_weights: scenes``: the backbone pretrained on the objects of the run's scenes."""
     from .errors import PamcError

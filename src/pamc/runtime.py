@@ -5,7 +5,10 @@ needs the training engine to pick a device or to predict in batches.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+import os
+import platform
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
@@ -32,17 +35,65 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
+@functools.lru_cache(maxsize=None)
+def native_bf16(cpuinfo: str = "/proc/cpuinfo") -> Optional[str]:
+    """The CPU feature that runs bf16 natively (x86 ``amx_bf16`` / ``avx512_bf16``, Arm ``bf16``), or
+    None.  Where it is missing, bf16 autocast is emulated and slower than fp32, so auto keeps fp32."""
+    if platform.system() == "Darwin":
+        import subprocess
+
+        try:
+            out = subprocess.run(["sysctl", "-n", "hw.optional.arm.FEAT_BF16"], capture_output=True, text=True,
+                                 timeout=5).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return "FEAT_BF16" if out == "1" else None
+    try:
+        with open(cpuinfo) as f:
+            flags = {word for line in f if line.startswith(("flags", "Features")) for word in line.split()}
+    except OSError:
+        return None
+    return next((name for name in ("amx_bf16", "avx512_bf16", "bf16") if name in flags), None)
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity mask under Slurm, taskset or a container)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def auto_workers(processes_per_node: int = 1, limit: int = 8) -> int:
+    """Image-decoding workers per training process: the cores available, shared by the processes
+    on the node (torchrun's LOCAL_WORLD_SIZE), at most `limit`; 0 (decode in the main process)
+    where a process has a single core."""
+    share = available_cores() // max(1, processes_per_node)
+    return 0 if share <= 1 else min(limit, share)
+
+
+def processes_per_node() -> int:
+    return int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+
+
 @dataclass
 class Runtime:
     device: torch.device
     amp_dtype: Optional[torch.dtype]
     channels_last: bool
     dist: Dist
+    #: why amp / channels_last are what they are, when `auto` chose them on the CPU (printed once, recorded)
+    choice: str = ""
+    #: bf16 chosen by `auto` on a CPU (then validation and test stay fp32: `for_evaluation`)
+    auto_bf16: bool = False
 
     @classmethod
     def create(cls, device: str = "auto", amp: str = "auto", channels_last: str = "auto",
-               cudnn_benchmark: bool = True) -> "Runtime":
-        """"auto" = CUDA if visible (bf16 autocast and channels_last there), else CPU in fp32."""
+               cudnn_benchmark: bool = True, cpu_auto: bool = False) -> "Runtime":
+        """"auto" = CUDA if visible (bf16 autocast and channels_last there), else CPU in fp32 --
+        or, with `cpu_auto` (training), bf16 and channels_last on a CPU that runs bf16 natively
+        when this is the only process: several processes (DDP) keep fp32 NCHW, so that N processes
+        compute what one does."""
         check_mode("amp", amp, AMP_MODES)
         check_mode("channels_last", channels_last, CHANNELS_LAST_MODES)
         name = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
@@ -59,15 +110,40 @@ class Runtime:
             torch.backends.cudnn.benchmark = bool(cudnn_benchmark)
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        on_gpu = dev.type == "cuda"
-        use_amp = on_gpu if AMP_MODES[amp] is None else AMP_MODES[amp]
-        use_cl = on_gpu if CHANNELS_LAST_MODES[channels_last] is None else CHANNELS_LAST_MODES[channels_last]
-        return cls(dev, torch.bfloat16 if use_amp else None, use_cl, dist)
+        fast = dev.type == "cuda"
+        cpu_choice = cpu_auto and dev.type == "cpu" and "auto" in (amp, channels_last)
+        if cpu_choice:
+            feature = native_bf16()
+            fast = feature is not None and not dist.enabled
+            why = (f"{feature}, native bf16; one process" if fast else
+                   "several processes" if dist.enabled else "no native bf16")
+        use_amp = fast if AMP_MODES[amp] is None else AMP_MODES[amp]
+        use_cl = fast if CHANNELS_LAST_MODES[channels_last] is None else CHANNELS_LAST_MODES[channels_last]
+        choice = ""
+        if cpu_choice:
+            precision = ("bf16 autocast for training, fp32 for validation and test" if use_amp and amp == "auto"
+                         else "bf16 autocast" if use_amp else "fp32")
+            choice = f"auto on this CPU ({why}): {precision}, {'channels_last' if use_cl else 'NCHW'}"
+        return cls(dev, torch.bfloat16 if use_amp else None, use_cl, dist, choice,
+                   auto_bf16=cpu_choice and use_amp and amp == "auto")
 
     @classmethod
-    def from_config(cls, cfg) -> "Runtime":
+    def from_config(cls, cfg, cpu_auto: bool = False) -> "Runtime":
         """From any object with the run settings' device / amp / channels_last / cudnn_benchmark."""
-        return cls.create(cfg.device, cfg.amp, cfg.channels_last, cfg.cudnn_benchmark)
+        return cls.create(cfg.device, cfg.amp, cfg.channels_last, cfg.cudnn_benchmark, cpu_auto)
+
+    def record(self) -> dict:
+        """What a run records of how it computed (model.json, results.json, and its resumable state)."""
+        return {"device": self.device.type, "amp": "bf16" if self.amp_dtype is not None else "off",
+                "channels_last": "on" if self.channels_last else "off", "processes": self.dist.world_size,
+                **({"choice": self.choice} if self.choice else {})}
+
+    def for_evaluation(self) -> "Runtime":
+        """Validation and test: in fp32 where `auto` chose bf16 for training on the CPU, so that
+        `pamc eval` of a checkpoint (fp32 on the CPU) reproduces the run's numbers; otherwise as
+        training (on CUDA, or with an explicit --amp).  Label feedback and "+ LI" are training
+        and use the training precision."""
+        return replace(self, amp_dtype=None) if self.auto_bf16 else self
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None)

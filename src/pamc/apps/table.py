@@ -188,6 +188,9 @@ def read_run(path: str | Path, metric: str = "test_map") -> RunRecord:
             record.reason = f"results.json is unreadable ({exc.__class__.__name__})"
             return record
     cfg, res = record.config, record.results
+    ran = res.get("runtime") or {}
+    if cfg.get("amp", "auto") == "auto" and "amp" in ran:  # auto differs between machines: what the run used
+        record.config = cfg = {**cfg, "amp": ran["amp"]}
     record.dataset = str(res.get("dataset") or _dataset_of(cfg))
     record.row = row_label(res.get("method", cfg.get("method", "?")), res.get("train_alpha", cfg.get("alpha", 1.0)),
                            res.get("eval_alpha", cfg.get("eval_alpha")), bool(cfg.get("linear_init")),

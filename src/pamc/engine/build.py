@@ -1,7 +1,8 @@
 """What a run trains: the model and the loss, built from its config and what the data says.
 
-Knows no dataset or loss by name: weights that are made rather than read (``scenes``) come from
-`models.weights.named_weights`, and a loss receives the run facts its constructor asks for.
+Knows no dataset or loss by name: weights that are made rather than read come from
+`models.weights.named_weights` (registered by the module that makes them), and a loss receives the
+run facts its constructor asks for.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Optional
 import torch
 
 from .. import losses as loss_registry
+from .. import pretrain  # noqa: F401  (registers the named weights it makes: scenes)
 from ..config import TrainConfig
 from ..losses.base import PartialLabelLoss
 from ..models import CamClassifier

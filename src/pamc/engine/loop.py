@@ -89,7 +89,7 @@ class EpochLoop:
                    disable=not (cfg.progress and run.main))
         start = time.perf_counter()
         buffer = SyncBuffer(synced_at=start, synced_seen=sums.seen)
-        images = image_batches(train.images, [i for i, _ in plan[first:]], cfg.num_workers, rt.device.type == "cuda")
+        images = image_batches(train.images, [i for i, _ in plan[first:]], run.num_workers, rt.device.type == "cuda")
         for step, ((index, global_bs), x) in enumerate(zip(plan[first:], images), start=first + 1):
             lrs = dict(zip(group_names(run.optimizer), (g["lr"] for g in run.optimizer.param_groups)))
             if run.augment is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -33,7 +33,7 @@ from ..metrics import split_map, standard_metrics
 from ..models.weights import load_state
 from ..preemption import Preempted, StopRequest
 from ..recipes import build_ema, build_optimizer, build_scheduler, schedule_steps
-from ..runtime import Runtime, predict, unwrap
+from ..runtime import Runtime, auto_workers, predict, processes_per_node, unwrap
 from .build import build_loss, build_model
 from .loop import EpochLoop
 from .state import Part, Progress, RunState, ema_part, hooks_part, rng_part, schedule_parts
@@ -58,12 +58,15 @@ class Run:
     def __init__(self, cfg: TrainConfig, bundle: Optional[DatasetBundle] = None, resume: bool = False,
                  hooks: Sequence[Hook] = ()):
         self.cfg = cfg
-        self.rt = Runtime.from_config(cfg)
         self.folder = RunFolder(cfg.out)
         self.out = self.folder.path
-        self.main = self.rt.dist.is_main
         self.resumed = resume
         self._check_folder(resume)
+        saved_state = self.folder.load_state() if resume else None
+        self.rt = self._runtime(saved_state)
+        self.eval_rt = self.rt.for_evaluation()
+        self.num_workers = auto_workers(processes_per_node()) if cfg.num_workers == "auto" else cfg.num_workers
+        self.main = self.rt.dist.is_main
         torch.manual_seed(cfg.seed)
         self.bundle = bundle or load_bundle(cfg.data)
         self.store, observed = self._training_labels()
@@ -97,8 +100,10 @@ class Run:
         self.state = self._state()
         self._last_checkpoint_time = time.monotonic()
         if resume:
-            self.state.load_state_dict(self.folder.load_state(), len(self.batches))
+            self.state.load_state_dict(saved_state, len(self.batches))
             self.saved = (self.progress.epoch, self.progress.step)
+        elif self.main and self.rt.choice and cfg.progress:
+            tqdm.write(f"pamc: {self.rt.choice} (set --amp / --channels-last to choose)")
 
     # -- set-up
     def _check_folder(self, resume: bool) -> None:
@@ -119,6 +124,29 @@ class Run:
         if self.main:  # rewritten on resume too: `--resume RUN --epochs N` changes the config in force
             self.out.mkdir(parents=True, exist_ok=True)
             self.folder.write_config(self.cfg.to_dict())
+
+    def _runtime(self, saved_state: Optional[dict]) -> Runtime:
+        """The run's device, precision and memory format.  `auto` knows the CPU (`Runtime.create`);
+        a resumed run computes as it began: the choice is in its state (a run begun before pamc
+        recorded it began with the old auto, fp32 NCHW on the CPU)."""
+        cfg = self.cfg
+        if saved_state is None:
+            return Runtime.from_config(cfg, cpu_auto=True)
+        recorded = saved_state.get("runtime")
+        if recorded is None:
+            return Runtime.from_config(cfg)
+        rt = Runtime.from_config(cfg, cpu_auto=True)
+        if (recorded["device"], recorded["processes"]) != (rt.device.type, rt.dist.world_size):
+            if rt.dist.is_main and cfg.progress:  # another machine: auto decides anew
+                tqdm.write(f"pamc: this run began on {recorded['processes']} {recorded['device']} process(es); "
+                           f"{rt.choice or 'its settings apply as given'}")
+            return rt
+        amp = recorded["amp"] if cfg.amp == "auto" else cfg.amp
+        channels_last = recorded["channels_last"] if cfg.channels_last == "auto" else cfg.channels_last
+        kept = Runtime.create(cfg.device, amp, channels_last, cfg.cudnn_benchmark)
+        same = (amp, channels_last) == (recorded["amp"], recorded["channels_last"])
+        return replace(kept, choice=recorded.get("choice", "") if same else "",
+                       auto_bf16=bool(recorded.get("choice")) and same and amp == "bf16")
 
     def _training_labels(self) -> tuple:
         """The label store training edits, and the observed labels it starts from."""
@@ -172,6 +200,7 @@ class Run:
                 state.add(name, part)
         if self.ema is not None:
             state.add("ema", ema_part(self.ema, self.model))
+        state.add("runtime", Part(self.rt.record, lambda recorded: None))  # read before set-up (`_runtime`)
         state.add("rng", rng_part())
         state.add("hooks", hooks_part(self.hooks))
         return state
@@ -201,7 +230,7 @@ class Run:
                               method=cfg.method, epoch=epoch, dataset=self.bundle.name, data=cfg.data,
                               observation=cfg.observation, observation_seed=cfg.observation_seed,
                               image_size=self.image_size, weights=self.weights_info, activation=cfg.activation,
-                              extra=extra)
+                              extra={"runtime": self.rt.record(), **extra})
 
     # -- checkpoints
     def save(self, epoch: int, is_best: bool, step: int = 0, partial: Optional[dict] = None) -> None:
@@ -217,13 +246,12 @@ class Run:
             hook.before_checkpoint(self)
         where = {"step": step, "global_step": self.global_step} if step else {}
         self.folder.save_checkpoint(self.folder.LAST, self.model, self.meta(epoch, **where))
-        # the counters as of the checkpoint (the epoch in progress is not yet recorded as done)
-        progress = self.progress
-        done, progress.epoch, progress.step, progress.partial = progress.epoch, epoch, step, partial
-        try:
-            self.folder.save_state(self.state.state_dict())
-        finally:
-            progress.epoch, progress.step, progress.partial = done, 0, None
+        # the counters as of the checkpoint: `epoch` done, `step` steps of the next with its sums
+        state = {**self.state.state_dict(), "epoch": epoch, "step": step}
+        state.pop("partial", None)
+        if partial is not None:
+            state["partial"] = partial
+        self.folder.save_state(state)
         if is_best:
             extra = {} if self.ema is None else {"ema_decay": self.cfg.ema}
             best = self.model if self.ema is None else self.ema.module
@@ -257,8 +285,8 @@ class Run:
 
     # -- evaluation
     def predict(self, split: Split) -> torch.Tensor:
-        return predict(self.eval_model, split.images, self.rt, self.cfg.test_alpha, self.cfg.eval_batch_size,
-                       self.cfg.num_workers)
+        return predict(self.eval_model, split.images, self.eval_rt, self.cfg.test_alpha, self.cfg.eval_batch_size,
+                       self.num_workers)
 
     def evaluate(self, split: Split, targets) -> float:
         return split_map(self.predict(split), targets)
@@ -271,7 +299,7 @@ class Run:
             raise PamcError(f"method {self.cfg.method!r} needs dense training labels; this dataset's are sparse")
         updates = self.loss_fn.epoch_end(epoch, self.store.observed, self.store.initial,
                                          lambda: predict(self.net, self.bundle.train.images, self.rt,
-                                                         self.cfg.alpha, self.cfg.eval_batch_size, self.cfg.num_workers))
+                                                         self.cfg.alpha, self.cfg.eval_batch_size, self.num_workers))
         if updates is None:
             return 0
         mask, values = updates
@@ -279,19 +307,23 @@ class Run:
 
     # -- the protocol
     def fit(self) -> RunResult:
-        with self.stop, self.status.lifecycle(self.progress):
+        with self.stop:
+            self.status.started()
             results = None
             try:
-                for hook in self.hooks:
-                    hook.before_train(self)
-                self.before_first_epoch()
-                for epoch in range(self.epoch + 1, self.cfg.epochs + 1):
-                    self.end_epoch(epoch, self.epoch_loop(epoch))
-                result = self.finish()
-                results = result.results
+                with self.status.stopped():
+                    for hook in self.hooks:
+                        hook.before_train(self)
+                    self.before_first_epoch()
+                    for epoch in range(self.epoch + 1, self.cfg.epochs + 1):
+                        started = time.perf_counter()
+                        self.end_epoch(epoch, self.epoch_loop(epoch), started)
+                    result = self.finish()
+                    results = result.results
             finally:
                 for hook in self.hooks:
                     hook.after_train(self, results)
+            self.status.finished(self.epoch)
         return result
 
     def before_first_epoch(self) -> None:
@@ -303,18 +335,20 @@ class Run:
                 self.model, self.loss_fn, self.store, self.bundle.train.images, self.bundle.val.images,
                 self.val_targets, self.rt, alphas=(self.cfg.alpha, self.cfg.test_alpha), seed=self.cfg.seed,
                 folder=self.out if self.main else None, progress=self.cfg.progress and self.main,
-                batch_size=self.cfg.eval_batch_size, num_workers=self.cfg.num_workers)
+                batch_size=self.cfg.eval_batch_size, num_workers=self.num_workers)
         if self.ema is not None and not self.resumed:
             self.ema.update_parameters(self.model)  # the EMA starts from the weights training starts from
         self._stop_between_epochs()
 
-    def end_epoch(self, epoch: int, stats: dict) -> None:
-        """After an epoch's steps: label feedback, validation, the record, the hooks, the checkpoint."""
+    def end_epoch(self, epoch: int, stats: dict, started: float) -> None:
+        """After an epoch's steps: label feedback, validation, the record, the hooks, the checkpoint.
+        `epoch_seconds` is the epoch's wall time in this process, steps to validation (an epoch
+        resumed mid-way counts from the resume)."""
         stats["label_edits"] += self.epoch_feedback(epoch)
         val_map = self.evaluate(self.bundle.val, self.val_targets)
         is_best = self.progress.record(epoch, val_map)
         record = {"epoch": epoch, "val_map": val_map, "best_epoch": self.progress.best_epoch, **stats,
-                  "stored_label_edits": self.store.num_edits()}
+                  "stored_label_edits": self.store.num_edits(), "epoch_seconds": time.perf_counter() - started}
         self.history.append(record)
         for hook in self.hooks:
             hook.after_epoch(self, record)
@@ -331,13 +365,13 @@ class Run:
         load_weights(self.model, self.folder.best / MODEL_FILE)
         test = self.bundle.test
         test_targets = test.full if test.full is not None else test.observed
-        scores = predict(self.net, test.images, self.rt, self.cfg.test_alpha, self.cfg.eval_batch_size,
-                         self.cfg.num_workers)
+        scores = predict(self.net, test.images, self.eval_rt, self.cfg.test_alpha, self.cfg.eval_batch_size,
+                         self.num_workers)
         results = {"method": self.cfg.method, "train_alpha": self.cfg.alpha, "eval_alpha": self.cfg.test_alpha,
                    "test_map": split_map(scores, test_targets), "test_metrics": standard_metrics(scores, test_targets),
                    "val_map": self.progress.best_map, "best_epoch": self.progress.best_epoch, "epochs": self.cfg.epochs,
                    "seed": self.cfg.seed, "dataset": self.bundle.name, "world_size": self.rt.dist.world_size,
-                   "stored_label_edits": self.store.num_edits()}
+                   "stored_label_edits": self.store.num_edits(), "runtime": self.rt.record()}
         if self.main:
             self.folder.write_results(results)
         return RunResult(self.out, results)

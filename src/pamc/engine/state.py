@@ -2,8 +2,9 @@
 
 `last/state.pt` is one flat mapping (its keys are the release-0.1 format, so older checkpoints
 resume): `Progress` writes its counters at the top level, and every other part -- model, optimiser,
-labels, loss, schedule, EMA, RNG, hooks -- its `state_dict` under its own name.  A new trainer
-feature with state adds a part (`RunState.add`); it never edits the save or load code.
+labels, loss, schedule, EMA, runtime, RNG, hooks -- its `state_dict` under its own name.  A trainer
+feature that is a hook keeps its state in the hook's `state_dict` (saved under "hooks"); a part of
+the engine itself is one `RunState.add` in `Run._state`; neither edits the save or load code.
 """
 from __future__ import annotations
 

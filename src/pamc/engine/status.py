@@ -32,11 +32,14 @@ class RunStatus:
             return 0
         return int((self.folder.read_status() or {}).get("attempts", 0))
 
-    @contextmanager
-    def lifecycle(self, progress):
-        """Around `Run.fit`: running at the start; at the end finished, preempted or failed."""
+    def started(self) -> None:
         self.write("running", started=now(), host=socket.gethostname(), pid=os.getpid(), reason=None, ended=None,
                    resume_command=None, attempts=self.attempts() + 1)
+
+    @contextmanager
+    def stopped(self):
+        """Around the run's work: a preemption or a failure is written as it happens (before the
+        hooks' `after_train`, so a hook that fails then cannot hide it)."""
         try:
             yield
         except Preempted as exc:
@@ -46,7 +49,9 @@ class RunStatus:
         except BaseException as exc:
             self.failed(exc)
             raise
-        self.write("finished", ended=now(), epoch=progress.epoch, step=None)
+
+    def finished(self, epoch: int) -> None:
+        self.write("finished", ended=now(), epoch=epoch, step=None)
 
     def failed(self, exc: BaseException) -> None:
         if not self.folder.path.is_dir():

@@ -21,14 +21,14 @@ from ..runtime import Runtime
 
 @dataclass
 class Batch:
-    """A step's inputs, as a method's `training_loss` sees them (tensors on the training device)."""
+    """A step's inputs, as a method's `training_loss` sees them (on the training device but `raw`)."""
 
     index: torch.Tensor  # the images' dataset rows
     images: torch.Tensor  # prepared for the network: normalised, flipped, in its memory format
     observed: torch.Tensor  # the stored labels of these rows: 1 / 0 / -1 (soft negatives in between)
     epoch: int  # 1-based
     gather: Callable[[torch.Tensor], torch.Tensor]  # concatenates a tensor over every process
-    raw: torch.Tensor  # the images before preparation (after batch augmentation): for other views
+    raw: torch.Tensor  # the uint8 images before preparation (after batch augmentation; on the CPU without it)
     prepare: Callable[[torch.Tensor], torch.Tensor]  # raw-like images -> network input, with this batch's flips
 
 
@@ -67,7 +67,7 @@ class TrainStep:
     """The optimiser step of `engine.Run`, with the parts it needs and nothing else."""
 
     def __init__(self, net, model, loss_fn, optimizer, scheduler, ema, store, rt: Runtime, grad_clip):
-        self.net, self.model, self.loss_fn = net, model, loss_fn
+        self.model, self.loss_fn = model, loss_fn
         self.optimizer, self.scheduler, self.ema = optimizer, scheduler, ema
         self.store, self.rt, self.grad_clip = store, rt, grad_clip
         self.forward = Forward(net, rt)
@@ -75,15 +75,16 @@ class TrainStep:
     def batch(self, index: torch.Tensor, x: torch.Tensor, flips: torch.Tensor, epoch: int) -> Batch:
         rt = self.rt
         prepare = lambda images: rt.prepare(images, flips)  # noqa: E731
-        with rt.autocast():
-            images = prepare(x)
-        return Batch(index=index.to(rt.device), images=images,
+        return Batch(index=index.to(rt.device), images=prepare(x),
                      observed=self.store.batch(index).to(rt.device, non_blocking=True), epoch=epoch,
                      gather=rt.dist.all_gather_cat, raw=x, prepare=prepare)
 
     def __call__(self, batch: Batch, global_batch_size: int) -> StepResult:
-        dist = self.rt.dist
-        loss = self.loss_fn.training_loss(self.forward, batch)
+        dist, loss_fn = self.rt.dist, self.loss_fn
+        # what a step's loss leaves behind starts empty, so a method's `training_loss` that calls
+        # the loss on some steps only (or not at all) never hands on another step's edits
+        loss_fn.label_updates, loss_fn.last_selected, loss_fn.gather = None, None, batch.gather
+        loss = loss_fn.training_loss(self.forward, batch)
         # the local mean weighted by its share of the global batch, times the world size that DDP
         # divides by: the gradient of the global-batch mean, whatever the split
         local = len(batch.index)
@@ -99,7 +100,9 @@ class TrainStep:
         edits = 0
         if self.loss_fn.label_updates is not None:
             edits = self.apply_label_updates(batch.index, *self.loss_fn.label_updates)
-        return StepResult(loss.detach(), loss.detach() * local, self.loss_fn.last_selected.sum(), grad_norm, edits)
+        selected = (loss_fn.last_selected.sum() if loss_fn.last_selected is not None
+                    else torch.zeros((), dtype=torch.long, device=self.rt.device))
+        return StepResult(loss.detach(), loss.detach() * local, selected, grad_norm, edits)
 
     def apply_label_updates(self, index: torch.Tensor, mask: torch.Tensor, values: torch.Tensor) -> int:
         """The label-feedback seam: a loss's edits of this batch, from every process, into the store."""

@@ -82,9 +82,11 @@ def iter_image_batches(images, batch_size: int = 64, size=None) -> Iterator[torc
             yield resize_batch(batch[0] if isinstance(batch, (tuple, list)) else batch, size)
 
 
-def split_images(split, count: int, size=None, batch_size: int = 64) -> torch.Tensor:
-    """The first `count` images of a dataset `Split` as uint8 N x 3 x H x W, resized to `size`."""
-    return torch.cat(list(iter_image_batches(Subset(split.images, range(count)), batch_size, size)))
+def split_images(split, count, size=None, batch_size: int = 64) -> torch.Tensor:
+    """The first `count` images of a dataset `Split` (or those at the positions `count` lists) as
+    uint8 N x 3 x H x W, resized to `size`."""
+    index = range(count) if isinstance(count, int) else list(count)
+    return torch.cat(list(iter_image_batches(Subset(split.images, index), batch_size, size)))
 
 
 def split_image_names(split, count: int) -> list[str]:

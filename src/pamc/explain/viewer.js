@@ -11,7 +11,12 @@
      pamcView.tunedScore(m, k)       the same at the model's evaluation (tuned) alpha of that row's class
      pamcView.scale(k)               the row's colour scale: colours span -scale .. +scale
      pamcView.colour(v, scale)       [r, g, b] the page paints for value v
-     pamcView.mapValue(m, k, x, y)   the drawn (boosted, upsampled) value at pixel (x, y) of that map's canvas */
+     pamcView.mapValue(m, k, x, y)   the drawn (boosted, upsampled) value at pixel (x, y) of that map's canvas
+   Pages made by `pamc suggest-labels --review` carry DATA.review (pamc/review.py): suggested (image,
+   class) pairs to accept or reject from the keyboard, filtered by class, exported as CSV:
+     pamcView.review.state()         {item, position, visible, accepted, rejected, filter, decision}
+     pamcView.review.decide(d)       "accept" / "reject" the current suggestion (then the next), or null
+     pamcView.review.move(step) / setFilter(classIndex or "") / csv()   the decisions file's text */
 (function () {
   "use strict";
 
@@ -177,6 +182,14 @@
     ctx.imageSmoothingEnabled = true;
     ctx.drawImage(pictures[state.image], 0, 0, canvas.width, canvas.height);
     drawBoxes(ctx, k, true);
+    const peak = review && review.peaks.get(state.image + "," + k);
+    if (peak) {  // where the suggestion's evidence is: the CAM's peak
+      ctx.strokeStyle = "#ffd400";
+      ctx.lineWidth = 2;
+      ctx.beginPath();
+      ctx.arc(peak[0] * canvas.width, peak[1] * canvas.height, 7, 0, 2 * Math.PI);
+      ctx.stroke();
+    }
   }
 
   function drawMap(canvas, m, k, vmax) {
@@ -466,6 +479,117 @@
     redraw();
   }
 
+  // ------------------------------------------------------------------ review of suggested labels
+
+  const review = DATA.review ? { items: DATA.review.items, decisions: new Map(), filter: "", position: 0, peaks: new Map() } : null;
+  if (review) review.items.forEach((item) => review.peaks.set(item.image + "," + item.row, item.peak));
+
+  const visibleItems = () => review.items.map((_, j) => j).filter((j) => review.filter === "" || String(review.items[j].class) === review.filter);
+
+  function currentItem() {
+    const visible = visibleItems();
+    return visible.length ? visible[Math.min(review.position, visible.length - 1)] : -1;
+  }
+
+  function showItem() {
+    const j = currentItem();
+    if (j >= 0) {
+      const item = review.items[j];
+      if (state.image !== item.image) setImage(item.image);
+      setRow(item.row);
+    }
+    showReview();
+  }
+
+  function moveReview(step) {
+    const count = visibleItems().length;
+    review.position = Math.min(Math.max(0, review.position + step), Math.max(0, count - 1));
+    showItem();
+  }
+
+  function decideItem(decision) {
+    const j = currentItem();
+    if (j < 0) return;
+    if (decision) review.decisions.set(j, { decision, at: new Date().toISOString() });
+    else review.decisions.delete(j);
+    if (decision && review.position < visibleItems().length - 1) moveReview(1);
+    else showReview();
+  }
+
+  function setFilter(c) {
+    review.filter = c === "" || c === null || c === undefined ? "" : String(c);
+    review.position = 0;
+    $("review-class").value = review.filter;
+    showItem();
+  }
+
+  function counts() {
+    let accepted = 0, rejected = 0;
+    for (const d of review.decisions.values()) d.decision === "accept" ? accepted++ : rejected++;
+    return { accepted, rejected };
+  }
+
+  function showReview() {
+    const j = currentItem();
+    const visible = visibleItems();
+    const { accepted, rejected } = counts();
+    const current = $("review-current");
+    if (j < 0) {
+      current.textContent = "no suggestion for this class";
+    } else {
+      const item = review.items[j];
+      const d = review.decisions.get(j);
+      current.replaceChildren(
+        element("b", "", `${review.position + 1} / ${visible.length}`),
+        ` ${item.name}: ${className(item.class)} (rank ${item.rank}, score ${Number(item.score).toFixed(3)}) `,
+        element("span", "badge " + (d ? d.decision : "open"), d ? (d.decision === "accept" ? "accepted" : "rejected") : "open"));
+    }
+    $("review-counts").textContent = `${accepted} accepted, ${rejected} rejected, ${review.items.length - accepted - rejected} open of ${review.items.length}`;
+  }
+
+  const csvCell = (v) => (/[",\n\r]/.test(String(v)) ? `"${String(v).replace(/"/g, '""')}"` : String(v));
+
+  function decisionsCsv() {
+    const header = ["image", "class", "decision", "score", "rank", "split", "index", "run", "suggested_at", "reviewer", "decided_at"];
+    const reviewer = $("reviewer").value.trim();
+    const lines = [header.join(",")];
+    review.items.forEach((item, j) => {
+      const d = review.decisions.get(j);
+      if (!d) return;
+      lines.push([item.name, className(item.class), d.decision, item.score, item.rank, item.split, item.index,
+                  DATA.review.run, DATA.review.suggested_at, reviewer, d.at].map(csvCell).join(","));
+    });
+    return lines.join("\n") + "\n";
+  }
+
+  function exportDecisions() {
+    const link = element("a");
+    link.href = URL.createObjectURL(new Blob([decisionsCsv()], { type: "text/csv" }));
+    link.download = "decisions.csv";
+    document.body.append(link);
+    link.click();
+    link.remove();
+  }
+
+  function buildReview() {
+    $("review").hidden = false;
+    const classes = [...new Set(review.items.map((item) => item.class))].sort((a, b) => a - b);
+    const all = element("option", "", `all classes (${review.items.length})`);
+    all.value = "";
+    $("review-class").replaceChildren(all, ...classes.map((c) => {
+      const option = element("option", "", `${className(c)} (${review.items.filter((item) => item.class === c).length})`);
+      option.value = String(c);
+      return option;
+    }));
+    $("review-class").addEventListener("change", (e) => {
+      setFilter(e.target.value);
+      e.target.blur();  // so that a / r / j / k act on the suggestions again, not on the picker
+    });
+    $("accept").addEventListener("click", () => decideItem("accept"));
+    $("reject").addEventListener("click", () => decideItem("reject"));
+    $("review-export").addEventListener("click", exportDecisions);
+  }
+
   // ------------------------------------------------------------------ controls
 
   function buildControls() {
@@ -530,6 +654,7 @@
       if (document.activeElement) document.activeElement.blur();
       return;
     }
+    if (target && target.tagName === "INPUT" && target.type === "text") return;  // typing the reviewer's name
     if (control && e.key.startsWith("Arrow")) return;  // a focused slider or picker moves itself
     const step = e.shiftKey ? 1 : DATA.alpha.step;
     const actions = {
@@ -545,6 +670,10 @@
       b: () => setBoxes(!state.boxes),
       h: () => setHold(!state.hold),
     };
+    if (review) {
+      Object.assign(actions, { a: () => decideItem("accept"), r: () => decideItem("reject"), u: () => decideItem(null),
+                               j: () => moveReview(1), k: () => moveReview(-1) });
+    }
     let action = actions[e.key];
     if (!action && /^[1-9]$/.test(e.key) && Number(e.key) <= M) action = () => jumpToTuned(Number(e.key) - 1);
     if (action) {
@@ -564,6 +693,15 @@
     scale: (k = state.row) => scale(k),
     colour,
     mapValue: (m, k, x, y) => drawn[k][m][y * cells[k].maps[m].width + x],
+    review: review && {
+      state: () => {
+        const j = currentItem();
+        const d = j >= 0 ? review.decisions.get(j) : undefined;
+        return { item: j, position: review.position, visible: visibleItems().length, filter: review.filter,
+                 decision: d ? d.decision : null, ...counts() };
+      },
+      decide: decideItem, move: moveReview, setFilter, csv: decisionsCsv,
+    },
   };
 
   buildControls();
@@ -572,8 +710,13 @@
     img.src = entry.src;
     return img;
   });
+  if (review) buildReview();
   Promise.all(pictures.map((img) => img.decode())).then(() => {
     setImage(0);
+    if (review) {  // suggestions were ranked at the model's evaluation alpha: show that one
+      setAlpha(models[0].eval_alpha);
+      showItem();
+    }
     window.pamcView.ready = true;
     document.body.dataset.ready = "true";
   });

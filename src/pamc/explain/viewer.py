@@ -85,7 +85,8 @@ def class_list(indices) -> list[int]:
 def view_data(checkpoints: Sequence[str | Path], images, labels: Optional[Sequence[str]] = None,
               classes: Optional[Sequence[int | str]] = None, top_k: int = 3, max_images: int = 24,
               split_name: Optional[str] = None, image_size=None, device: str = "auto", batch_size: int = 32,
-              title: Optional[str] = None) -> dict:
+              title: Optional[str] = None, indices: Optional[Sequence[int]] = None,
+              rows_per_image: Optional[Sequence[Sequence[int]]] = None) -> dict:
     """What `write_view` puts in the page (see the module docstring), as a JSON-ready dict.
 
     `images`: a dataset `Split` (its first `max_images` images, with its labels and boxes) or
@@ -104,13 +105,16 @@ def view_data(checkpoints: Sequence[str | Path], images, labels: Optional[Sequen
         count = min(int(max_images), len(images))
         if count == 0:
             raise PamcError("the split has no images to view")
-        pictures, image_names = split_images(images, count, size, batch_size), split_image_names(images, count)
-        source = f"{split_name or 'given'} split: first {count} of {len(images)} images"
-        truth = None if images.full is None else np.asarray(images.full[:count])
+        index = list(range(count)) if indices is None else [int(i) for i in indices]
+        pictures = split_images(images, index, size, batch_size)
+        image_names = [split_image_names(images, len(images))[i] for i in index]
+        source = (f"{split_name or 'given'} split: " + (f"first {count} of {len(images)} images" if indices is None
+                                                         else f"{len(index)} of {len(images)} images"))
+        truth = None if images.full is None else np.asarray(images.full)[index]
         if images.boxes is not None:
-            boxes, canvas = images.boxes[:count], list(images.images[0].shape[-2:])
+            boxes, canvas = [images.boxes[i] for i in index], list(images.images[0].shape[-2:])
         if split_name == "train" and images.observed is not None:
-            observed = label_store(images.observed).batch(torch.arange(count)).numpy()
+            observed = label_store(images.observed).batch(torch.tensor(index)).numpy()
     else:
         files, pictures = file_images([images] if isinstance(images, (str, Path)) else images, size, int(max_images))
         image_names = [str(f) for f in files]
@@ -119,7 +123,10 @@ def view_data(checkpoints: Sequence[str | Path], images, labels: Optional[Sequen
                  else [cams(model, p)[0] for p in pictures] for model, _ in models]
     first_alpha = first_meta.test_alpha
     probs = torch.stack([torch.sigmoid(first.logits_from_cams(m[None], first_alpha)[0]) for m in per_model[0]])
-    if classes is not None:
+    if rows_per_image is not None:
+        picked = [[int(c) for c in shown] for shown in rows_per_image]
+        rows = "the suggested classes"
+    elif classes is not None:
         picked = [resolve_classes(classes, class_names, first.num_classes)] * len(pictures)
         rows = "the classes asked for"
     else:

@@ -8,7 +8,14 @@ from ..registry import Registry, check_keywords
 from .base import PartialLabelLoss
 
 LOSSES: Registry[type] = Registry("loss")
-register = LOSSES.register
+
+
+def register(name: str):
+    """Register a loss class under `name` (which its messages use)."""
+    def add(cls: type) -> type:
+        cls.name = name
+        return LOSSES.register(name)(cls)
+    return add
 
 
 def check_params(name: str, params: dict) -> type:

@@ -13,7 +13,10 @@ DDP) and never asks which loss it runs.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -58,9 +61,13 @@ class Param:
             return self.optional
         if self.choices is not None:
             return value in self.choices
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        kind = numbers.Integral if self.integer else numbers.Real  # numpy numbers too; 2.0 is no integer
+        if isinstance(value, bool) or type(value).__name__ == "bool_" or not isinstance(value, kind):
             return False
-        if self.integer and not float(value).is_integer():
+        try:
+            if not math.isfinite(value):
+                return False
+        except OverflowError:
             return False
         low_ok = self.low is None or (value > self.low if self.low_open else value >= self.low)
         high_ok = self.high is None or (value < self.high if self.high_open else value <= self.high)
@@ -87,11 +94,31 @@ class PartialLabelLoss(nn.Module):
     #: together are checked by the constructor
     params: dict[str, Param] = {}
 
+    #: the registered name (set by `losses.register`), for messages
+    name: str = ""
+
     @classmethod
     def check_params(cls, name: str, values: dict) -> None:
         for key, value in values.items():
             if key in cls.params:
                 cls.params[key].check(name, key, value)
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        """A loss built directly (`LargeLossRejection(delta=-1)`) is checked as `losses.build` checks."""
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+        signature = inspect.signature(init)
+
+        @functools.wraps(init)
+        def checked(self, *args, **kw):
+            given = signature.bind(self, *args, **kw).arguments
+            type(self).check_params(type(self).name or type(self).__name__,
+                                    {k: v for k, v in given.items() if k != "self"})
+            init(self, *args, **kw)
+
+        cls.__init__ = checked
 
     def __init__(self) -> None:
         super().__init__()
@@ -122,7 +149,9 @@ class PartialLabelLoss(nn.Module):
         """The loss of one training step (`engine.step`: `forward` runs the network, `batch` holds the
         step's images, labels, rows and epoch).  One forward pass on the batch, then this loss on
         its logits; a method that needs other views or side inputs overrides this -- the engine's
-        loop stays as it is."""
+        loop stays as it is.  Label edits and selections are those the last call of the loss
+        leaves (`label_updates`, `last_selected`); pass `gather=batch.gather` to each call, so
+        that batch statistics span every process."""
         return self(forward(batch.images), batch.observed, epoch=batch.epoch, index=batch.index, gather=batch.gather)
 
     def epoch_end(self, epoch: int, observed: torch.Tensor, initial: torch.Tensor,

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import PamcError
+from ..registry import Registry
 
 
 def read_state_dict(path: str | Path, what: str = "weights file") -> dict[str, torch.Tensor]:
@@ -122,8 +123,9 @@ class MadeWeights:
 
 
 #: backbone_weights options that are made on demand rather than read from a file:
-#: name -> "module:function(backbone=, seed=, data=) -> path"; imported only when named
-NAMED_WEIGHTS = {"scenes": "pamc.pretrain:scene_weights"}
+#: name -> maker(backbone=, seed=, data=) -> path; registered by the module that makes them
+#: (`pamc.pretrain`: ``scenes``)
+NAMED_WEIGHTS: Registry = Registry("named weights")
 
 
 def named_weights(option, backbone: str, seed: int, data: dict) -> Optional[MadeWeights]:
@@ -131,8 +133,4 @@ def named_weights(option, backbone: str, seed: int, data: dict) -> Optional[Made
     option (a file path, a family's own names such as timm's ``imagenet``, or none)."""
     if not isinstance(option, str) or option not in NAMED_WEIGHTS:
         return None
-    import importlib
-
-    module, _, function = NAMED_WEIGHTS[option].partition(":")
-    return MadeWeights(option, str(getattr(importlib.import_module(module), function)(backbone=backbone, seed=seed,
-                                                                                         data=data)))
+    return MadeWeights(option, str(NAMED_WEIGHTS.get(option)(backbone=backbone, seed=seed, data=data)))

@@ -1,6 +1,6 @@
 """The `pamc` command line: argument parsing only; every command calls the Python API.
 
-Each command lives in the module of its family (`train`, `evaluate`, `explain`, `data`, `demo`,
+Each command lives in the module of its family (`train`, `evaluate`, `explain`, `review`, `data`, `demo`,
 `table`, `listing`), its arguments beside its handler, registered with `base.command`; a new
 command is a new module named in `COMMAND_MODULES`.
 
@@ -21,7 +21,7 @@ from ...errors import PamcError
 from .base import COMMANDS
 
 #: the modules that register commands, in the order `pamc --help` lists them
-COMMAND_MODULES = ("train", "evaluate", "demo", "explain", "data", "table", "listing")
+COMMAND_MODULES = ("train", "evaluate", "demo", "explain", "review", "data", "table", "listing")
 
 
 def build_parser() -> argparse.ArgumentParser:
