@@ -335,3 +335,30 @@ def test_training_with_per_class_alpha(tiny_settings, tmp_path):
     meta = read_meta(tmp_path / "run" / "best")
     assert meta.alpha == alphas and meta.test_alpha == tuple(alphas) and result.results["eval_alpha"] == alphas
     assert meta.activation == {"name": "boostlu-smooth", "beta": 2.0}
+
+
+def test_per_class_alpha_and_form_reach_thresholds_and_export(smooth_checkpoint, tmp_path):
+    from pamc.thresholds import resolve_threshold
+
+    checkpoint = tmp_path / "checkpoint"
+    shutil.copytree(smooth_checkpoint, checkpoint)  # calibrate edits model.json
+    code, stdout, stderr = run_cli(["calibrate", checkpoint, "--device", "cpu"])
+    assert code == 0, stderr
+    assert "alpha per-class " in stdout
+    meta = read_meta(checkpoint)
+    assert meta.extra["thresholds"]["alpha"] == meta.eval_alpha  # tuned at the per-class alpha
+    assert len(resolve_threshold("auto", meta, meta.test_alpha)) == meta.num_classes
+    with pytest.raises(PamcError, match="tuned at alpha per-class .* not 5;"):
+        resolve_threshold("auto", meta, 5.0)
+    code, stdout, stderr = run_cli(["eval", checkpoint, "--threshold", "auto", "--device", "cpu"])
+    assert code == 0, stderr
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'pamc[export]')")
+    pytest.importorskip("onnxscript", reason="onnxscript is not installed (pip install 'pamc[export]')")
+    from test_export import check_against_torch
+
+    from pamc.export import export_onnx, read_metadata
+
+    export_onnx(checkpoint, tmp_path / "smooth.onnx")  # the form and the per-class alpha inside the graph
+    check_against_torch(tmp_path / "smooth.onnx", checkpoint, 32, cams=False)
+    info = read_metadata(tmp_path / "smooth.onnx")
+    assert info["activation"] == {"name": "boostlu-smooth", "beta": 2.0} and info["alpha"] == meta.eval_alpha

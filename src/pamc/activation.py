@@ -72,6 +72,13 @@ def alpha_value(alpha: Alpha) -> float | list[float]:
     return list(alpha) if isinstance(alpha, tuple) else alpha
 
 
+def same_alpha(a: Alpha, b: Alpha) -> bool:
+    """Whether two alphas (each one, or one per class) are the same, to 1e-9."""
+    a, b = check_alpha(a), check_alpha(b)
+    a, b = (a,) if not isinstance(a, tuple) else a, (b,) if not isinstance(b, tuple) else b
+    return len(a) == len(b) and all(abs(x - y) <= 1e-9 for x, y in zip(a, b))
+
+
 def describe_alpha(alpha: Alpha) -> str:
     """``5`` for one alpha, ``per-class 1-8 (mean 3.4)`` for a vector: for tables and messages."""
     alpha = check_alpha(alpha)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .activation import alpha_value, describe_alpha
+from .activation import alpha_value, check_alpha, describe_alpha
 from .checkpoint import CheckpointMeta, load_model, read_meta, resolve_checkpoint, write_meta
 from .data import load_bundle
 from .errors import PamcError
@@ -68,10 +68,10 @@ def calibrate(checkpoint: str, split: str = "val", alpha: Optional[float] = None
     labels = part.observed if partial else part.full
     if labels is None:
         raise PamcError(f"the {split} split has no labels to choose thresholds on; pass --data with labels")
-    alpha = meta.test_alpha if alpha is None else float(alpha)
+    alpha = meta.test_alpha if alpha is None else check_alpha(alpha)
     rt = Runtime.create(device)
     scores = predict(model.to(rt.device), part.images, rt, alpha=alpha)
-    entry = {**tune_thresholds(scores.numpy(), np.asarray(labels), partial), "alpha": alpha, "split": split,
+    entry = {**tune_thresholds(scores.numpy(), np.asarray(labels), partial), "alpha": alpha_value(alpha), "split": split,
              "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     if store:
         meta.extra[KEY] = entry
@@ -244,7 +244,7 @@ def predict_images(checkpoint: str, inputs: Sequence[str], out: Optional[str] = 
     model, meta = load_model(checkpoint)
     if top_k is not None and int(top_k) < 1:
         raise PamcError(f"--top-k must be >= 1 (got {top_k})")
-    alpha = meta.test_alpha if alpha is None else float(alpha)
+    alpha = meta.test_alpha if alpha is None else check_alpha(alpha)
     decision = resolve_threshold(threshold, meta, alpha)
     rt = Runtime.create(device)
     model = model.to(rt.device)

@@ -108,6 +108,7 @@ def calibrate_arguments(p: argparse.ArgumentParser) -> None:
 @command("calibrate", "per-class decision thresholds tuned on the validation split, stored with the checkpoint",
          calibrate_arguments)
 def calibrate(args: argparse.Namespace) -> int:
+    from ...activation import describe_alpha
     from ...checkpoint import read_meta, resolve_checkpoint
     from ...inference import calibrate as tune
     from ...thresholds import write_threshold_csv
@@ -118,7 +119,7 @@ def calibrate(args: argparse.Namespace) -> int:
     names = meta.class_names or [f"class_{c}" for c in range(meta.num_classes)]
     values = entry["values"]
     print(f"thresholds for {len(values)} classes on the {entry['split']} split ({entry['labels']} labels, "
-          f"alpha {entry['alpha']:g}): min {min(values):.3g}, median {sorted(values)[len(values) // 2]:.3g}, "
+          f"alpha {describe_alpha(entry['alpha'])}): min {min(values):.3g}, median {sorted(values)[len(values) // 2]:.3g}, "
           f"max {max(values):.3g}; {len(entry['fallback'])} class(es) without positives got the pooled threshold")
     if not args.no_store:
         print(f"stored in {resolve_checkpoint(args.checkpoint)}/model.json; `pamc predict --threshold auto` uses them")
@@ -142,11 +143,12 @@ def export(args: argparse.Namespace) -> int:
 
     if not (available("onnx") and available("onnxscript")):
         raise PamcError("pamc export needs onnx and onnxscript: pip install 'pamc[export]'")
+    from ...activation import describe_alpha
     from ...export import export_onnx, read_metadata
 
     path = export_onnx(args.checkpoint, args.out, cams=args.cams, alpha=args.alpha, image_size=args.image_size)
     info = read_metadata(path)
     print(f"wrote {path}: input images (B x 3 x {info['image_size'][0]} x {info['image_size'][1]}, normalised), "
-          f"outputs scores{' and cams' if args.cams else ''}; alpha {info['alpha']:g}, "
+          f"outputs scores{' and cams' if args.cams else ''}; alpha {describe_alpha(info['alpha'])}, "
           f"{len(info['class_names'])} classes, thresholds {'stored' if info['thresholds'] else 'none (use 0.5)'}")
     return 0
