@@ -713,9 +713,9 @@
   if (review) buildReview();
   Promise.all(pictures.map((img) => img.decode())).then(() => {
     setImage(0);
-    if (review) {  // suggestions were ranked at the model's evaluation alpha: show that one
-      setAlpha(models[0].eval_alpha);
+    if (review) {  // suggestions were ranked at the model's evaluation alpha (per class: the item's class's): show it
       showItem();
+      jumpToTuned(0);
     }
     window.pamcView.ready = true;
     document.body.dataset.ready = "true";
