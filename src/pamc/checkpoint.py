@@ -40,7 +40,7 @@ class CheckpointMeta:
 
     backbone: str
     num_classes: int
-    alpha: float = 1.0  # BoostLU in training
+    alpha: float = 1.0  # BoostLU in training (a list of one per class: per-class alpha)
     #: BoostLU at evaluation (tuned or configured): a float, or a list of one per class (per-class
     #: alpha, `pamc tune-alpha --per-class`); None = alpha
     eval_alpha: Optional[float | list[float]] = None
