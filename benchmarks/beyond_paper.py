@@ -6,8 +6,8 @@
 
 Every number is a real training run through `pamc.train` on the quick demo's scenes and settings
 (`pamc.apps.demo`, quick=True: 1000/200/400 train/val/test scenes of 64 px, scene-cnn pretrained
-on single objects, 4 epochs, lr 1e-4 with the head x10, best epoch by full-label val mAP), one
-run per seed.  A finished run (its results.json) is reused, so an interrupted command picks up
+on single objects, 4 epochs, lr 1e-4 with the head x10, best epoch by full-label val mAP), in
+float32 (amp off), one run per seed.  A finished run (its results.json) is reused, so an interrupted command picks up
 where it stopped.
 
 forms: AN, LL-R, GR and ROLE (`--methods`), each trained without BoostLU and then boosted at inference
@@ -52,7 +52,8 @@ def setup(source: str, out: Path):
 
     data = scene_settings(source, quick=True)
     bundle = make_scenes(**{k: v for k, v in data.items() if k != "name"})
-    base = {**base_config(data, quick=True, device="cpu"), "overwrite": False}
+    # float32 (amp off): the precision these tables were measured in; `auto` picks bf16 on CPUs with native bf16
+    base = {**base_config(data, quick=True, device="cpu"), "amp": "off", "overwrite": False}
     out.mkdir(parents=True, exist_ok=True)
     return bundle, base
 
