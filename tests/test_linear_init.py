@@ -98,8 +98,8 @@ def test_role_linear_init_keeps_best_head_and_estimates(tiny_bundle, tiny_config
 def test_feature_cache_is_reused_by_the_next_run(tiny_bundle, tiny_config, tmp_path, spy, monkeypatch):
     first = _config(tiny_config, tmp_path, "an-1", method="an")
     pamc.train(first, bundle=tiny_bundle)
-    files = sorted((tmp_path / "features").iterdir())
-    assert len(files) == 2  # train and val
+    files = sorted((tmp_path / "features").glob("*.npy"))
+    assert len(files) == 2  # train and val (each with its .json manifest)
     stamps = [f.stat().st_mtime_ns for f in files]
 
     def no_extraction(*args, **kwargs):
@@ -107,7 +107,7 @@ def test_feature_cache_is_reused_by_the_next_run(tiny_bundle, tiny_config, tmp_p
 
     monkeypatch.setattr(F, "_compute", no_extraction)
     pamc.train({**first, "out": str(tmp_path / "an-2")}, bundle=tiny_bundle)
-    assert sorted((tmp_path / "features").iterdir()) == files
+    assert sorted((tmp_path / "features").glob("*.npy")) == files
     assert [f.stat().st_mtime_ns for f in files] == stamps
     one, two = (json.loads((tmp_path / n / "linear_init.json").read_text()) for n in ("an-1", "an-2"))
     assert one["history"] == two["history"]  # same seed, same features: the same phase 1

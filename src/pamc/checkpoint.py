@@ -40,8 +40,10 @@ class CheckpointMeta:
 
     backbone: str
     num_classes: int
-    alpha: float = 1.0  # BoostLU in training
-    eval_alpha: Optional[float] = None  # BoostLU at evaluation (tuned or configured); None = alpha
+    alpha: float = 1.0  # BoostLU in training (a list of one per class: per-class alpha)
+    #: BoostLU at evaluation (tuned or configured): a float, or a list of one per class (per-class
+    #: alpha, `pamc tune-alpha --per-class`); None = alpha
+    eval_alpha: Optional[float | list[float]] = None
     class_names: Optional[list[str]] = None
     image_size: Optional[int] = None
     method: Optional[str] = None
@@ -53,13 +55,18 @@ class CheckpointMeta:
     #: the backbone weights the run started from: None (random init), {"name": file name, "sha256": ...}
     #: for a file, {"name": "imagenet"/"pretrained", "tag": ...} for published weights, {"name": "scenes", ...}
     weights: Optional[dict] = None
+    #: the form of BoostLU, `pamc.activation`: {"name": "boostlu-threshold", "tau": 0.5}; None (and
+    #: every model.json written before forms existed) = the paper's boostlu
+    activation: Optional[dict] = None
     version: int = CHECKPOINT_VERSION
     extra: dict = field(default_factory=dict)  # keys of other tools, kept as they are
 
     @property
-    def test_alpha(self) -> float:
-        """The alpha the checkpoint is evaluated with."""
-        return float(self.alpha if self.eval_alpha is None else self.eval_alpha)
+    def test_alpha(self) -> float | tuple[float, ...]:
+        """The alpha the checkpoint is evaluated with (a tuple for per-class alpha)."""
+        from .activation import check_alpha
+
+        return check_alpha(self.alpha if self.eval_alpha is None else self.eval_alpha)
 
     @classmethod
     def from_dict(cls, values: dict, source: str = "model.json") -> "CheckpointMeta":
@@ -137,7 +144,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Ca
     """Rebuild a `CamClassifier` from a checkpoint; returns (model in eval mode, meta)."""
     folder = resolve_checkpoint(path)
     meta = read_meta(folder)
-    model = CamClassifier(meta.backbone, meta.num_classes, alpha=meta.alpha)
+    model = CamClassifier(meta.backbone, meta.num_classes, alpha=meta.alpha, activation=meta.activation)
     load_weights(model, folder / MODEL_FILE)
     return model.to(device).eval(), meta
 

@@ -29,13 +29,14 @@ class TrainConfig:
     # data (its incidental keys say where the data or its cache lives, not what it holds)
     data: dict = field(default_factory=lambda: {"name": "scenes", "source": "digits"},
                        metadata={"incidental_keys": ("path", "cache", "cache_dir")})
-    observation: str = "auto"  # auto | as-given | full | single-positive | fraction:P (see pamc.labels)
+    observation: str = "auto"  # auto | as-given | full | single-positive | fraction:P [+false-positive:P | +flip-negative:P] (pamc.labels)
     observation_seed: int = REFERENCE_SEED
     # model
     backbone: str = "scene-cnn"
     backbone_weights: Optional[str] = None  # none | path | imagenet/pretrained (published) | scenes (pretrain on scene objects)
     alpha: float = 1.0  # BoostLU in training
     eval_alpha: Optional[float] = None  # BoostLU at validation/test (None = alpha)
+    activation: Optional[Any] = None  # the form of BoostLU: {name: boostlu-threshold, tau: 0.5} or NAME[:KEY=VALUE]; None = boostlu
     # method
     method: str = "an"
     loss: dict = field(default_factory=dict)  # loss parameters, e.g. {delta: 0.5}
@@ -162,7 +163,7 @@ def make_config(values: dict) -> TrainConfig:
     check_recipe(cfg)
     if cfg.selection not in ("full", "observed"):
         raise PamcError(f"selection must be 'full' or 'observed' (got {cfg.selection!r})")
-    from .activation import check_alpha
+    from .activation import as_form, check_alpha
     from .labels import Observation
     from .losses import check_params
     from .models import BACKBONES
@@ -196,6 +197,7 @@ def make_config(values: dict) -> TrainConfig:
     check_params(cfg.method, cfg.loss or {})  # unknown names and values out of range fail here, before any work
     BACKBONES.get(cfg.backbone)
     check_alpha(cfg.alpha)
+    cfg.activation = None if cfg.activation is None else as_form(cfg.activation).spec()
     if cfg.eval_alpha is not None:
         check_alpha(cfg.eval_alpha)
     if not isinstance(cfg.data, dict) or "name" not in cfg.data:

@@ -21,6 +21,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .activation import Alpha, alpha_value, as_form, check_alpha
 from .checkpoint import CheckpointMeta, load_model, resolve_checkpoint
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .errors import PamcError
@@ -35,9 +36,9 @@ OUTPUTS = ("scores", "cams")
 class ScoringGraph(nn.Module):
     """What the ONNX file computes: normalised images -> (probabilities, raw CAMs) at a fixed alpha."""
 
-    def __init__(self, model: nn.Module, alpha: float, with_cams: bool):
+    def __init__(self, model: nn.Module, alpha: Alpha, with_cams: bool):
         super().__init__()
-        self.model, self.alpha, self.with_cams = model, float(alpha), with_cams
+        self.model, self.alpha, self.with_cams = model, check_alpha(alpha), with_cams
 
     def forward(self, images: torch.Tensor):
         maps = self.model.cams(images)
@@ -45,11 +46,11 @@ class ScoringGraph(nn.Module):
         return (scores, maps) if self.with_cams else scores
 
 
-def metadata(meta: CheckpointMeta, alpha: float, image_size: int, source: str) -> dict[str, str]:
+def metadata(meta: CheckpointMeta, alpha: Alpha, image_size: int, source: str) -> dict[str, str]:
     """The ``metadata_props`` of an exported model (every value a JSON string)."""
     names = meta.class_names or [f"class_{c}" for c in range(meta.num_classes)]
     thresholds = stored_thresholds(meta)
-    values = {"class_names": list(names), "alpha": float(alpha),
+    values = {"class_names": list(names), "alpha": alpha_value(alpha), "activation": as_form(meta.activation).spec(),
               "thresholds": None if thresholds is None else [float(t) for t in thresholds],
               "image_size": [int(image_size), int(image_size)], "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
               "input": "float32 B x 3 x H x W RGB, (x / 255 - mean) / std, resized to image_size",
@@ -70,7 +71,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, cams: bool = False, alp
         raise PamcError(f"--out {out}: the exported file must end in .onnx")
     folder = resolve_checkpoint(checkpoint)
     model, meta = load_model(folder)
-    alpha = meta.test_alpha if alpha is None else float(alpha)
+    alpha = meta.test_alpha if alpha is None else check_alpha(alpha)
     size = int(image_size or meta.image_size or 448)
     graph = ScoringGraph(model, alpha, cams).eval()
     example = torch.zeros(2, 3, size, size)

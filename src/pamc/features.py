@@ -5,12 +5,14 @@ features, 25 epochs in a row.  Computing them once and reading them back from a 
 each epoch a few matrix products, and the same file serves every method and run that starts from
 the same backbone on the same images.
 
-Cache file: ``<cache>/<pooled|spatial>-<key>.npy`` (default ``$PAMC_CACHE/features`` or
-``~/.cache/pamc/features``), where key hashes the backbone's state_dict (so ImageNet, scene
+Cache file: ``<cache>/<pooled|spatial>[-flipped]-<key>.npy`` (default ``$PAMC_CACHE/features``
+or ``~/.cache/pamc/features``), where key hashes the backbone's state_dict (so ImageNet, scene
 pretraining or a weights file are told apart by what they hold, not by their name), the
 dataset's identity (its ``fingerprint`` attribute where it has one, as image files and image
 caches do; otherwise its length, image shape and the bytes of a few evenly spaced images), the
-mixed-precision mode and the format.  It is written to a temporary file and moved into place,
+mixed-precision mode, the format, and whether the images were mirrored (``flip``: the features
+of the flipped images, for the flip augmentation on cached features).  A ``.json`` manifest
+beside the file holds that key, checked on every reuse.  The file is written to a temporary file and moved into place,
 so an interrupted extraction never leaves a file that looks finished.
 
 Features are stored as float16 (half the disk and page cache of float32; the backbone's ReLU
@@ -33,7 +35,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from .files import atomic_write, cache_dir
+from .files import atomic_write, cache_dir, write_json
 from .data.loading import image_batches
 from .errors import PamcError
 
@@ -71,20 +73,49 @@ def dataset_fingerprint(images: Dataset) -> str:
     return digest.hexdigest()
 
 
+def cache_key(backbone: nn.Module, images: Dataset, runtime, spatial: bool = False, flip: bool = False) -> dict:
+    """What identifies a feature file: backbone weights, images (and so their size), kind, flip,
+    precision; `flip` enters only when set, so the files of unflipped features keep their names."""
+    return {"version": FEATURE_VERSION, "backbone": backbone_fingerprint(backbone),
+            "images": dataset_fingerprint(images), "spatial": bool(spatial),
+            "amp": str(runtime.amp_dtype), "dtype": np.dtype(FEATURE_DTYPE).name, **({"flip": True} if flip else {})}
+
+
 def feature_cache_path(backbone: nn.Module, images: Dataset, runtime, spatial: bool = False,
-                       cache: Optional[str | Path] = None) -> Path:
+                       cache: Optional[str | Path] = None, flip: bool = False, key: Optional[dict] = None) -> Path:
     """Where `extract_features` keeps the features of `images` under `backbone` (see the module doc)."""
-    key = json.dumps({"version": FEATURE_VERSION, "backbone": backbone_fingerprint(backbone),
-                      "images": dataset_fingerprint(images), "spatial": bool(spatial),
-                      "amp": str(runtime.amp_dtype), "dtype": np.dtype(FEATURE_DTYPE).name}, sort_keys=True)
-    kind = "spatial" if spatial else "pooled"
-    return feature_dir(cache) / f"{kind}-{hashlib.sha256(key.encode()).hexdigest()[:24]}.npy"
+    key = key or cache_key(backbone, images, runtime, spatial, flip)
+    kind = ("spatial" if spatial else "pooled") + ("-flipped" if flip else "")
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+    return feature_dir(cache) / f"{kind}-{digest}.npy"
+
+
+def manifest_path(path: Path) -> Path:
+    """The JSON beside a feature file that says what it was computed from (its `cache_key` and backbone class)."""
+    return Path(path).with_suffix(".json")
+
+
+def check_manifest(path: Path, key: dict, backbone: nn.Module) -> None:
+    """Refuse a feature file whose manifest names other weights, images or settings than `key`
+    (a file copied or renamed into place); files of older pamc versions have no manifest."""
+    try:
+        written = json.loads(manifest_path(path).read_text())
+    except FileNotFoundError:
+        return
+    except ValueError:
+        raise PamcError(f"feature cache manifest {manifest_path(path)} is damaged; delete it and {path.name}") from None
+    if written.get("key") != key:
+        what = [k for k in sorted(set(key) | set(written.get("key", {}))) if written.get("key", {}).get(k) != key.get(k)]
+        raise PamcError(f"feature cache {path} was computed with another {', '.join(what)} (backbone "
+                        f"{written.get('backbone', '?')}, not {type(backbone).__name__} with these weights); "
+                        "delete it or use another cache folder")
 
 
 @torch.no_grad()
 def _compute(backbone: nn.Module, images: Dataset, runtime, path: Path, spatial: bool, batch_size: int,
-             num_workers: int) -> None:
-    """Run the backbone (eval mode, no augmentation) over `images` into a new .npy file at `path`."""
+             num_workers: int, flip: bool = False) -> None:
+    """Run the backbone (eval mode, no augmentation but `flip`: every image mirrored) over `images`
+    into a new .npy file at `path`."""
     was_training = backbone.training
     backbone.eval()
     batches = list(torch.split(torch.arange(len(images)), batch_size))
@@ -93,7 +124,7 @@ def _compute(backbone: nn.Module, images: Dataset, runtime, path: Path, spatial:
             out, start = None, 0
             for x in image_batches(images, batches, num_workers, pin_memory=runtime.device.type == "cuda"):
                 with runtime.autocast():
-                    maps = backbone(runtime.prepare(x))
+                    maps = backbone(runtime.prepare(x, torch.ones(len(x), dtype=torch.bool) if flip else None))
                 feats = (maps if spatial else maps.mean(dim=(2, 3))).float().cpu().numpy()
                 if out is None:
                     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=FEATURE_DTYPE, shape=(len(images), *feats.shape[1:]))
@@ -107,21 +138,26 @@ def _compute(backbone: nn.Module, images: Dataset, runtime, path: Path, spatial:
 
 
 def extract_features(backbone: nn.Module, images: Dataset, runtime, cache: Optional[str | Path] = None,
-                     spatial: bool = False, batch_size: int = 64, num_workers: int = 0) -> np.memmap:
+                     spatial: bool = False, batch_size: int = 64, num_workers: int = 0, flip: bool = False) -> np.memmap:
     """Features of every image of `images` (uint8 3 x H x W), read-only memory-mapped float16.
 
     pooled (default): N x F, the global average of the backbone's feature map; spatial: N x F x h x w,
     for training a CAM head (with BoostLU) on a frozen backbone.  The backbone runs in eval mode on
-    `runtime`'s device and precision, without flips.  Computed once per (backbone weights, images,
-    kind, precision) into the cache folder `cache` (see `feature_cache_path`), reused afterwards.
+    `runtime`'s device and precision, on the images as they are or, with `flip`, mirrored (the
+    training augmentation).  Computed once per (backbone weights, images, kind, flip, precision)
+    into the cache folder `cache` (see `feature_cache_path`), reused afterwards; a manifest beside
+    the file (`manifest_path`) says what it was computed from and is checked on every reuse.
     """
     if len(images) == 0:
         raise PamcError("no images to extract features from; the split is empty")
     if int(batch_size) < 1:
         raise PamcError(f"feature batch_size must be a positive integer (got {batch_size!r})")
-    path = feature_cache_path(backbone, images, runtime, spatial, cache)
+    key = cache_key(backbone, images, runtime, spatial, flip)
+    path = feature_cache_path(backbone, images, runtime, spatial, cache, flip, key)
     if not path.is_file():
-        _compute(backbone, images, runtime, path, spatial, int(batch_size), num_workers)
+        _compute(backbone, images, runtime, path, spatial, int(batch_size), num_workers, flip)
+        write_json(manifest_path(path), {"key": key, "backbone": type(backbone).__name__})
+    check_manifest(path, key, backbone)
     features = np.load(path, mmap_mode="r")
     if features.shape[0] != len(images):
         raise PamcError(f"feature cache {path} holds {features.shape[0]} rows for {len(images)} images; delete it")

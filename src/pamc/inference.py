@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .activation import alpha_value, check_alpha, describe_alpha
 from .checkpoint import CheckpointMeta, load_model, read_meta, resolve_checkpoint, write_meta
 from .data import load_bundle
 from .errors import PamcError
@@ -67,10 +68,10 @@ def calibrate(checkpoint: str, split: str = "val", alpha: Optional[float] = None
     labels = part.observed if partial else part.full
     if labels is None:
         raise PamcError(f"the {split} split has no labels to choose thresholds on; pass --data with labels")
-    alpha = meta.test_alpha if alpha is None else float(alpha)
+    alpha = meta.test_alpha if alpha is None else check_alpha(alpha)
     rt = Runtime.create(device)
     scores = predict(model.to(rt.device), part.images, rt, alpha=alpha)
-    entry = {**tune_thresholds(scores.numpy(), np.asarray(labels), partial), "alpha": alpha, "split": split,
+    entry = {**tune_thresholds(scores.numpy(), np.asarray(labels), partial), "alpha": alpha_value(alpha), "split": split,
              "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     if store:
         meta.extra[KEY] = entry
@@ -115,15 +116,15 @@ def evaluate_checkpoint(checkpoint: str, split: str = "test", alphas: Optional[S
     for alpha in alphas:
         decision = resolve_threshold(threshold, meta, alpha)
         scores = predict(model, part.images, rt, alpha=alpha, num_workers=auto_workers())
-        rows.append({"alpha": float(alpha), "map": split_map(scores, targets),
+        rows.append({"alpha": alpha_value(alpha), "map": split_map(scores, targets),
                      "threshold": "per-class" if isinstance(decision, np.ndarray) else float(decision),
                      **standard_metrics(scores, targets, threshold=decision)})
         if per_class_csv and part.full is not None:
-            per_class[alpha] = average_precision(scores, part.full) * 100
+            per_class[describe_alpha(alpha)] = average_precision(scores, part.full) * 100
     if per_class_csv and per_class:
         with open(per_class_csv, "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["class"] + [f"ap_alpha_{a:g}" for a in per_class])
+            w.writerow(["class"] + [f"ap_alpha_{a}" for a in per_class])
             for c, name in enumerate(meta.class_names or bundle.class_names):
                 w.writerow([name] + [f"{per_class[a][c]:.4f}" for a in per_class])
     result = {"rows": rows, "split": split, "dataset": bundle.name}
@@ -243,7 +244,7 @@ def predict_images(checkpoint: str, inputs: Sequence[str], out: Optional[str] = 
     model, meta = load_model(checkpoint)
     if top_k is not None and int(top_k) < 1:
         raise PamcError(f"--top-k must be >= 1 (got {top_k})")
-    alpha = meta.test_alpha if alpha is None else float(alpha)
+    alpha = meta.test_alpha if alpha is None else check_alpha(alpha)
     decision = resolve_threshold(threshold, meta, alpha)
     rt = Runtime.create(device)
     model = model.to(rt.device)

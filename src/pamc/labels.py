@@ -14,9 +14,22 @@ Observation: one vocabulary for training (`observation:`) and `pamc prepare --ob
 * ``auto``            the dataset's default where one is known (`pamc prepare`: single-positive
                       for the benchmarks, as-given for OpenImages and own data), else as-given
                       when the data carries observed labels and single-positive when it does not.
+
+Any of them may be followed by one label-noise protocol, ``BASE+NOISE:P`` (0 <= P <= 1), that
+corrupts the observed labels as well as hiding them (spec since-2024 6; `corrupt`):
+
+* ``+false-positive:P``  each observed positive is replaced, with probability P, by a class the
+                         image does not have (a wrong single positive: ``single-positive+false-positive:0.2``);
+* ``+flip-negative:P``   each observed negative (-1) becomes a positive with probability P (noisy
+                         partial labels; for observations with negatives: ``fraction:0.5+flip-negative:0.1``).
+
+The noise is drawn from its own seeded stream (the observation seed and the protocol), so the
+labels it leaves alone are exactly those of the base observation; `Observation.draw` also says
+what was corrupted (`pamc prepare` reports it).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
@@ -81,6 +94,48 @@ def observe_fraction(full_labels, fraction: float, seed: int = REFERENCE_SEED) -
 
 
 OBSERVATIONS = ("auto", "as-given", "full", "single-positive", "fraction:P")
+#: label-noise protocols (``BASE+NAME:P``) -> the key of their random stream
+NOISES = {"false-positive": 1, "flip-negative": 2}
+
+
+def corrupt(observed: np.ndarray, full: Optional[np.ndarray], noise: str, rate: float,
+            seed: int = REFERENCE_SEED) -> tuple[np.ndarray, dict]:
+    """(corrupted copy of the dense 1/0/-1 `observed` labels, what was corrupted) under `noise`
+    (module doc) at rate `rate`.  Draws come from ``default_rng([seed, stream of noise])``: one
+    uniform per candidate label in row-major order, and for each replaced positive one more that
+    picks its wrong class among the image's absent, not yet positive classes (by `full`)."""
+    if noise not in NOISES:
+        raise PamcError(f"unknown label noise {noise!r}; valid: {', '.join(NOISES)}")
+    rate = float(rate)
+    if not 0.0 <= rate <= 1.0:
+        raise PamcError(f"{noise} rate P must lie in [0, 1] (got {rate:g})")
+    if not isinstance(observed, np.ndarray):
+        raise PamcError(f"{noise} noise needs dense observed labels, not a sparse store; use a dense observation")
+    rng = np.random.default_rng([int(seed), NOISES[noise]])
+    out = np.array(observed, dtype=np.float32, copy=True)
+    if noise == "flip-negative":
+        rows, cols = np.nonzero(out == -1)
+        hit = rng.random(len(rows)) < rate
+        out[rows[hit], cols[hit]] = 1.0
+        return out, {"noise": noise, "rate": rate, "candidates": int(len(rows)), "corrupted": int(hit.sum()),
+                     "what": "observed negatives flipped to positive"}
+    if full is None:
+        raise PamcError("false-positive noise needs the full labels, to know which classes an image does not have")
+    full = check_full_labels(full)
+    rows, cols = np.nonzero(out == 1)
+    hit = rng.random(len(rows)) < rate
+    replaced = kept = 0
+    for r, c in zip(rows[hit], cols[hit]):
+        wrong = np.flatnonzero((full[r] == 0) & (out[r] != 1))
+        if len(wrong) == 0:  # the image has (or already shows) every class: nothing wrong to put there
+            kept += 1
+            continue
+        out[r, c] = 0.0
+        out[r, wrong[min(int(rng.random() * len(wrong)), len(wrong) - 1)]] = 1.0
+        replaced += 1
+    return out, {"noise": noise, "rate": rate, "candidates": int(len(rows)), "corrupted": replaced,
+                 "what": "observed positives replaced by a class the image does not have",
+                 **({"left_for_want_of_a_wrong_class": kept} if kept else {})}
 
 
 @dataclass(frozen=True)
@@ -89,11 +144,25 @@ class Observation:
 
     mode: str
     fraction: Optional[float] = None
+    noise: Optional[str] = None  # a label-noise protocol of NOISES, or None
+    rate: Optional[float] = None  # its probability P
 
     @classmethod
     def parse(cls, text) -> "Observation":
         if isinstance(text, Observation):
             return text
+        if isinstance(text, str) and "+" in text:
+            base, _, noise = text.partition("+")
+            name, sep, value = noise.partition(":")
+            if name not in NOISES or not sep:
+                raise PamcError(f"label noise must be +NAME:P with NAME one of {', '.join(NOISES)} (got {text!r})")
+            try:
+                rate = float(value)
+            except ValueError:
+                rate = float("nan")
+            if not 0.0 <= rate <= 1.0:
+                raise PamcError(f"{name} rate P must lie in [0, 1] (got {value!r} in {text!r})")
+            return dataclasses.replace(cls.parse(base), noise=name, rate=rate)
         if text in OBSERVATIONS[:4]:
             return cls(text)
         if isinstance(text, str) and text.startswith("fraction:"):
@@ -106,16 +175,28 @@ class Observation:
         raise PamcError(f"observation must be one of {', '.join(OBSERVATIONS)} with 0 < P <= 1 (got {text!r})")
 
     def __str__(self) -> str:
-        return f"fraction:{self.fraction:g}" if self.mode == "fraction" else self.mode
+        base = f"fraction:{self.fraction:g}" if self.mode == "fraction" else self.mode
+        return base + (f"+{self.noise}:{self.rate:g}" if self.noise else "")
 
     def resolve(self, has_observed: bool, default: Optional[str] = None) -> "Observation":
-        """`auto` made concrete for data that does (not) carry observed labels."""
+        """`auto` made concrete for data that does (not) carry observed labels (the noise kept)."""
         if self.mode != "auto":
             return self
-        return Observation.parse(default) if default else Observation("as-given" if has_observed else "single-positive")
+        base = Observation.parse(default) if default else Observation("as-given" if has_observed else "single-positive")
+        return dataclasses.replace(base, noise=self.noise, rate=self.rate)
 
     def apply(self, full, observed, seed: int = REFERENCE_SEED, what: str = "the data", default: Optional[str] = None):
         """The observed labels (dense 1/0/-1, or the data's own sparse store) of one label set."""
+        return self.draw(full, observed, seed, what, default)[0]
+
+    def draw(self, full, observed, seed: int = REFERENCE_SEED, what: str = "the data", default: Optional[str] = None):
+        """(observed labels, what the noise corrupted: see `corrupt`, or None without noise)."""
+        labels = self._observe(full, observed, seed, what, default)
+        if self.noise is None:
+            return labels, None
+        return corrupt(labels, full, self.noise, self.rate, seed)
+
+    def _observe(self, full, observed, seed: int, what: str, default: Optional[str]):
         mode = self.resolve(observed is not None, default)
         if mode.mode == "as-given" and observed is not None:
             return observed

@@ -14,7 +14,9 @@ reference's linear layer: a 1x1 conv followed by the average equals a linear lay
 average only without BoostLU, so with pooled features phase 1 runs at alpha = 1 whatever the
 run's alpha (and selects at alpha = 1).  ``spatial: true`` keeps the feature maps instead, so
 phase 1 trains and selects with the run's BoostLU (training and evaluation alpha) at ~200x the
-disk (see `pamc.features` for the sizes).
+disk (see `pamc.features` for the sizes).  ``flip: true`` adds end-to-end training's flip
+augmentation: the features of the mirrored training images are cached too (twice the training
+features' disk), and each step takes each image's row from one or the other with probability 1/2.
 
 State beside the head.  Losses with per-image label estimates (ROLE) train them in phase 1 too,
 and phase 2 starts them from the estimates of the best phase-1 epoch (`init_from_estimates`,
@@ -70,6 +72,9 @@ class LinearInit:
     lr: float = 1e-3
     batch_size: int = 16
     spatial: bool = False
+    #: train with the flip augmentation of end-to-end training: each image's features are those of
+    #: the image or of its mirror image, each with probability 1/2 (both cached; validation unflipped)
+    flip: bool = False
     cache: Optional[str] = None  # feature cache folder (default $PAMC_CACHE/features)
 
     @classmethod
@@ -95,8 +100,9 @@ class LinearInit:
             lr = math.nan
         if isinstance(settings.lr, bool) or not lr > 0:
             raise PamcError(f"linear_init lr must be a positive number (got {settings.lr!r})")
-        if not isinstance(settings.spatial, bool):
-            raise PamcError(f"linear_init spatial must be true or false (got {settings.spatial!r})")
+        for name in ("spatial", "flip"):
+            if not isinstance(getattr(settings, name), bool):
+                raise PamcError(f"linear_init {name} must be true or false (got {getattr(settings, name)!r})")
         return dataclasses.replace(settings, lr=lr)
 
     def run(self, model, loss_fn, store, train_images, val_images, val_targets, rt, alphas: tuple[float, float],
@@ -110,8 +116,8 @@ class LinearInit:
         Returns the summary that is also written to linear_init.json.
         """
         train_alpha, eval_alpha = alphas if self.spatial else (1.0, 1.0)
-        train_feats, val_feats = self._features(model.backbone, train_images, val_images, rt, folder is not None,
-                                                batch_size, num_workers)
+        train_feats, val_feats, flipped = self._features(model.backbone, train_images, val_images, rt,
+                                                         folder is not None, batch_size, num_workers)
         phase = _Phase(model, loss_fn, store, val_targets, rt, batch_size)
         head = model.head
         own = [p for p in loss_fn.parameters() if p.requires_grad]
@@ -125,7 +131,7 @@ class LinearInit:
         try:
             for epoch in range(1, self.epochs + 1):
                 train_loss, edits = _train_epoch(phase, train_feats, epoch, self.batch_size, optimizer, generator,
-                                                 train_alpha)
+                                                 train_alpha, flipped)
                 val_map = _val_map(phase, val_feats, eval_alpha)
                 is_best = val_map > best_map  # strictly greater, as the engine's selection
                 if is_best:
@@ -143,7 +149,9 @@ class LinearInit:
             loss_fn.init_from_estimates(best_estimates)
         summary = {**dataclasses.asdict(self), "train_alpha": train_alpha, "eval_alpha": eval_alpha,
                    "best_epoch": best_epoch, "best_val_map": best_map,
-                   "features": {"train": str(train_feats.filename), "val": str(val_feats.filename)}, "history": history}
+                   "features": {"train": str(train_feats.filename), "val": str(val_feats.filename),
+                                **({"train_flipped": str(flipped.filename)} if flipped is not None else {})},
+                   "history": history}
         if folder is not None:
             tensors = {f"head.{k}": v.cpu().contiguous() for k, v in best_head.items()}
             if best_estimates is not None:
@@ -153,11 +161,14 @@ class LinearInit:
         return summary
 
     def _features(self, backbone, train_images, val_images, rt, first: bool, batch_size: int,
-                  num_workers: int) -> tuple[np.ndarray, np.ndarray]:
-        """Train and val features; the first process extracts them, the others then read its cache."""
+                  num_workers: int) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+        """Train and val features, and with `flip` those of the mirrored training images; the first
+        process extracts them, the others then read its cache."""
         def extract():
-            return tuple(extract_features(backbone, images, rt, self.cache, self.spatial, batch_size, num_workers)
-                         for images in (train_images, val_images))
+            wanted = [(train_images, False), (val_images, False)] + ([(train_images, True)] if self.flip else [None])
+            return tuple(None if item is None else
+                         extract_features(backbone, item[0], rt, self.cache, self.spatial, batch_size, num_workers,
+                                          flip=item[1]) for item in wanted)
 
         done = extract() if first else None
         rt.dist.barrier()
@@ -178,15 +189,25 @@ def _val_map(phase: _Phase, feats: np.ndarray, alpha: float) -> float:
     return split_map(torch.cat(scores), phase.val_targets)
 
 
+def _rows(feats: np.ndarray, flipped: Optional[np.ndarray], index: torch.Tensor, generator: torch.Generator) -> np.ndarray:
+    """The batch's feature rows; with `flipped`, each row from the mirrored images with probability 1/2."""
+    rows = np.asarray(feats[index.numpy()], dtype=np.float32)
+    if flipped is not None:
+        mirror = (torch.rand(len(index), generator=generator) < 0.5).numpy()
+        rows[mirror] = flipped[index.numpy()[mirror]]
+    return rows
+
+
 def _train_epoch(phase: _Phase, feats: np.ndarray, epoch: int, batch_size: int, optimizer,
-                 generator: torch.Generator, alpha: float) -> tuple[float, int]:
-    """One phase-1 epoch over the training features; (mean loss, label edits).  Every process
-    trains on all the features, so the loss gathers nothing (its default identity gather)."""
+                 generator: torch.Generator, alpha: float, flipped: Optional[np.ndarray] = None) -> tuple[float, int]:
+    """One phase-1 epoch over the training features (mirrored ones too with `flipped`); (mean loss,
+    label edits).  Every process trains on all the features, so the loss gathers nothing (its
+    default identity gather)."""
     total, edits = torch.zeros((), device=phase.rt.device), 0
     for index in torch.split(torch.randperm(len(feats), generator=generator), batch_size):
         index = index.sort().values  # sorted reads are sequential on the memory map
         observed = phase.store.batch(index).to(phase.rt.device)
-        loss = phase.loss_fn(_logits(phase, feats[index.numpy()], alpha), observed, epoch=epoch,
+        loss = phase.loss_fn(_logits(phase, _rows(feats, flipped, index, generator), alpha), observed, epoch=epoch,
                              index=index.to(phase.rt.device))
         loss.backward()
         optimizer.step()

@@ -26,7 +26,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .activation import check_alpha
+from .activation import Alpha, as_form, check_alpha
 from .errors import PamcError
 from .models import CamClassifier
 from .models.weights import read_state_dict
@@ -166,8 +166,9 @@ def check_equivalent(model: nn.Module, converted: CamClassifier, probe_size: int
                         f"features -> global average pool -> linear (the converted logits differ){fix}")
 
 
-def boost(model: nn.Module, alpha: float, probe_size: int = 64) -> CamClassifier:
-    """A `CamClassifier` computing `model`'s logits with BoostLU(alpha) before the pooling.
+def boost(model: nn.Module, alpha: Alpha, probe_size: int = 64, activation=None) -> CamClassifier:
+    """A `CamClassifier` computing `model`'s logits with BoostLU(alpha) before the pooling
+    (`activation`: the form of BoostLU, a name, ``NAME:KEY=VALUE`` text or spec dict; None = boostlu).
 
     It shares the backbone modules (and so the weights) with `model`; the fc weights are copied
     into the 1x1-conv CAM head.  torchvision and timm classifiers are supported (module docstring).  The conversion is checked on a random probe_size^2 input.
@@ -180,7 +181,7 @@ def boost(model: nn.Module, alpha: float, probe_size: int = 64) -> CamClassifier
     else:
         layers, fc = split_classifier(model)
         backbone, name = FeatureBackbone(layers, fc.in_features), type(model).__name__
-    converted = CamClassifier(backbone, fc.out_features, alpha=alpha)
+    converted = CamClassifier(backbone, fc.out_features, alpha=alpha, activation=activation)
     converted.backbone_name = name
     head = converted.head.to(device=fc.weight.device, dtype=fc.weight.dtype)
     with torch.no_grad():
@@ -192,13 +193,14 @@ def boost(model: nn.Module, alpha: float, probe_size: int = 64) -> CamClassifier
     return converted
 
 
-def boost_torchvision_file(arch: str, weights_file: str | Path, alpha: float, num_classes: Optional[int] = None,
-                           probe_size: int = 64) -> CamClassifier:
+def boost_torchvision_file(arch: str, weights_file: str | Path, alpha: Alpha, num_classes: Optional[int] = None,
+                           probe_size: int = 64, activation=None) -> CamClassifier:
     """Build torchvision's `arch`, load a local weights file (.pth/.pt via weights-only torch.load,
     or .safetensors) and boost it; the class count comes from the file unless given."""
     import torchvision
 
     check_alpha(alpha)  # before the slow part
+    as_form(activation)
     valid = torchvision.models.list_models(module=torchvision.models)
     if arch not in valid:
         raise PamcError(f"unknown torchvision classifier {arch!r}; valid: {', '.join(valid)}")
@@ -214,10 +216,10 @@ def boost_torchvision_file(arch: str, weights_file: str | Path, alpha: float, nu
     except RuntimeError as exc:
         raise PamcError(f"weights file {weights_file} does not fit torchvision {arch}: {str(exc).splitlines()[0][:200]}"
                         ) from None
-    return boost(model.eval(), alpha, probe_size).eval()
+    return boost(model.eval(), alpha, probe_size, activation).eval()
 
 
-def torchvision_checkpoint(spec: str, alpha: float):
+def torchvision_checkpoint(spec: str, alpha: Alpha, activation=None):
     """`ARCH=WEIGHTS_FILE` (as `pamc eval --torchvision` takes it) as a boosted model and the
     checkpoint metadata evaluation reads, so a converted classifier evaluates like a pamc run."""
     from .checkpoint import CheckpointMeta
@@ -225,5 +227,6 @@ def torchvision_checkpoint(spec: str, alpha: float):
     arch, _, weights = spec.partition("=")
     if not arch or not weights:
         raise PamcError(f"--torchvision expects ARCH=WEIGHTS_FILE (got {spec!r})")
-    model = boost_torchvision_file(arch, weights, alpha)
-    return model, CheckpointMeta(backbone=arch, num_classes=model.num_classes, alpha=alpha)
+    model = boost_torchvision_file(arch, weights, alpha, activation=activation)
+    return model, CheckpointMeta(backbone=arch, num_classes=model.num_classes, alpha=alpha,
+                                 activation=model.activation.form.spec())

@@ -127,10 +127,11 @@ def fill_description(name: str, text: str) -> str:
     return re.sub(r"\{paper(?::([a-z0-9-]+))?\}", number, text)
 
 
-def row_label(method: str, alpha: float = 1.0, eval_alpha: Optional[float] = None, linear_init: bool = False) -> str:
+def row_label(method: str, alpha=1.0, eval_alpha=None, linear_init: bool = False, activation=None) -> str:
     """The table row of a run: the method's name, `+ LI` with a linear-init phase, and
     `+ BoostLU` when trained with alpha > 1 (`+ BoostLU (inference only)` when only evaluated with
-    it); an alpha other than the paper's 5 is named."""
+    it); an alpha other than the paper's 5, and a form other than boostlu, are named."""
+    from .activation import as_form, check_alpha, describe_alpha, form_text, is_identity
     from .losses import LOSSES
 
     try:
@@ -139,13 +140,14 @@ def row_label(method: str, alpha: float = 1.0, eval_alpha: Optional[float] = Non
         name = method
     if linear_init:
         name += " + LI"
-    alpha = float(alpha)
-    test = alpha if eval_alpha is None else float(eval_alpha)
-    if alpha > 1:
-        detail = [] if alpha == 5 else [f"alpha {alpha:g}"]
+    alpha = check_alpha(alpha)
+    test = alpha if eval_alpha is None else check_alpha(eval_alpha)
+    boost = "BoostLU" if as_form(activation).name == "boostlu" else f"BoostLU [{form_text(activation)}]"
+    if not is_identity(alpha):
+        detail = [] if alpha == 5 else [f"alpha {describe_alpha(alpha)}"]
         if test != alpha:
-            detail.append(f"eval alpha {test:g}")
-        return name + " + BoostLU" + (f" ({', '.join(detail)})" if detail else "")
-    if test > 1:
-        return name + " + BoostLU (inference only" + ("" if test == 5 else f", alpha {test:g}") + ")"
+            detail.append(f"eval alpha {describe_alpha(test)}")
+        return name + " + " + boost + (f" ({', '.join(detail)})" if detail else "")
+    if not is_identity(test):
+        return name + f" + {boost} (inference only" + ("" if test == 5 else f", alpha {describe_alpha(test)}") + ")"
     return name

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
+from .activation import check_alpha, same_alpha
 from .errors import PamcError
 from .models import eval_mode
 
@@ -87,7 +88,7 @@ def run_thresholds(checkpoint, meta, alpha: float, data: Optional[dict], device:
     from .thresholds import KEY, stored_thresholds
 
     stored = stored_thresholds(meta)
-    if stored is not None and abs(float(meta.extra[KEY]["alpha"]) - alpha) < 1e-9:
+    if stored is not None and same_alpha(meta.extra[KEY]["alpha"], alpha):
         return stored
     return np.asarray(calibrate(checkpoint, "val", alpha, data, device, store=False)["values"])
 
@@ -128,7 +129,7 @@ def suggest_labels(checkpoint: str | Path, splits: Sequence[str] = ("train", "va
         raise PamcError(f"--top must be >= 1 (got {top})")
     folder = resolve_checkpoint(checkpoint)
     model, meta = load_model(folder)
-    alpha = meta.test_alpha if alpha is None else float(alpha)
+    alpha = meta.test_alpha if alpha is None else check_alpha(alpha)
     rt = Runtime.create(device)
     model = model.to(rt.device)
     thresholds = run_thresholds(folder, meta, alpha, data, device) if how == "margin" else None

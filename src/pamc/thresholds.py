@@ -31,6 +31,7 @@ from typing import Optional
 
 import numpy as np
 
+from .activation import describe_alpha, same_alpha
 from .errors import PamcError
 from .files import write_text
 
@@ -117,10 +118,10 @@ def resolve_threshold(spec, meta, alpha: float):
                 return DEFAULT
             raise PamcError("the checkpoint has no calibrated thresholds; run `pamc calibrate RUN` first, "
                             "or pass --threshold VALUE")
-        tuned = float(meta.extra[KEY]["alpha"])
-        if abs(tuned - float(alpha)) > 1e-9:
-            raise PamcError(f"the stored thresholds were tuned at alpha {tuned:g}, not {float(alpha):g}; "
-                            f"use --alpha {tuned:g}, or `pamc calibrate RUN --alpha {float(alpha):g}`")
+        tuned = meta.extra[KEY]["alpha"]
+        if not same_alpha(tuned, alpha):
+            raise PamcError(f"the stored thresholds were tuned at alpha {describe_alpha(tuned)}, not "
+                            f"{describe_alpha(alpha)}; evaluate at that alpha, or `pamc calibrate RUN` at this one")
         return stored
     try:
         return float(spec)

@@ -193,7 +193,8 @@ def read_run(path: str | Path, metric: str = "test_map") -> RunRecord:
         record.config = cfg = {**cfg, "amp": ran["amp"]}
     record.dataset = str(res.get("dataset") or _dataset_of(cfg))
     record.row = row_label(res.get("method", cfg.get("method", "?")), res.get("train_alpha", cfg.get("alpha", 1.0)),
-                           res.get("eval_alpha", cfg.get("eval_alpha")), bool(cfg.get("linear_init")))
+                           res.get("eval_alpha", cfg.get("eval_alpha")), bool(cfg.get("linear_init")),
+                           cfg.get("activation"))
     extra = res.get("extra_resources")
     if extra:  # trained with more than the images and labels (a frozen vision-language scorer)
         record.row += f" [uses {extra.get('short', 'extra')}]"

@@ -145,7 +145,8 @@ def prepare(dataset: str, root: str | Path, out: str | Path, seed: int = REFEREN
     """Read `dataset` from `root` and write it to `out` in pamc's format; returns a summary.
 
     observation: drawn once on the whole official train file (spec 1.3), in the vocabulary of
-    `pamc.labels` ("auto" = the dataset's default: single-positive for the benchmarks, as-given
+    `pamc.labels`, label noise included (what it corrupted goes into meta.json's protocol and
+    the message) ("auto" = the dataset's default: single-positive for the benchmarks, as-given
     -- partial labels as they are, complete ones as 1/-1 -- for openimages and own data).  missing: "fail" on image files that
     are not there, or "drop" them after the observation and split were drawn (so the other images
     keep the reference labels), listed in missing_images.txt.  options go to the reader (own data:
@@ -160,7 +161,7 @@ def prepare(dataset: str, root: str | Path, out: str | Path, seed: int = REFEREN
     _check_out(out, overwrite)
     source = read_source(dataset, root, **options)
     observation = observation.resolve(source.train.observed is not None, BENCHMARK_FACTS[source.name]["observation"])
-    observed = observation.apply(source.train.full, source.train.observed, seed, what=source.name)
+    observed, corrupted = observation.draw(source.train.full, source.train.observed, seed, what=source.name)
     splits, origin = _make_splits(source, observed, val_fraction, seed)
 
     absent = find_missing(source.image_root, [p for s in splits.values() for p in s.paths])
@@ -192,7 +193,8 @@ def prepare(dataset: str, root: str | Path, out: str | Path, seed: int = REFEREN
         "num_classes": len(source.class_names),
         "protocol": {"seed": seed, "val_fraction": val_fraction,
                      "observation": str(observation),
-                     "observed_from": "the whole official train file, before the split", **origin},
+                     "observed_from": "the whole official train file, before the split", **origin,
+                     **({"corrupted": corrupted} if corrupted else {})},
         "official": {name: len(s) for name, s in source.splits().items()},
         "splits": counts, "missing_images": len(absent), "notes": notes,
     }
@@ -200,7 +202,9 @@ def prepare(dataset: str, root: str | Path, out: str | Path, seed: int = REFEREN
     n = {name: f"{c['images']:,}" for name, c in counts.items()}
     message = (f"{source.name}: official train {len(source.train):,} -> train {n['train']} / val {n['val']}; "
                f"test {n['test']}; {len(source.class_names)} classes; observation {meta['protocol']['observation']}"
-               + (f"; {len(absent):,} missing images dropped" if absent else ""))
+               + (f"; {len(absent):,} missing images dropped" if absent else "")
+               + (f"; {corrupted['noise']} noise: {corrupted['corrupted']:,} of {corrupted['candidates']:,} "
+                  f"{corrupted['what']}" if corrupted else ""))
     return {**meta, "out": str(out), "message": message}
 
 

@@ -24,7 +24,7 @@ def build_model(cfg: TrainConfig, num_classes: int) -> CamClassifier:
     made = named_weights(cfg.backbone_weights, backbone=cfg.backbone, seed=cfg.seed, data=cfg.data)
     torch.manual_seed(cfg.seed)
     model = CamClassifier(cfg.backbone, num_classes, alpha=cfg.alpha,
-                          weights=cfg.backbone_weights if made is None else made.file)
+                          weights=cfg.backbone_weights if made is None else made.file, activation=cfg.activation)
     if made is not None:  # what model.json records: the option, and the file it made
         info = model.backbone.weights_info or {}
         model.backbone.weights_info = {"name": made.name, "file": info.get("name"), "sha256": info.get("sha256")}

@@ -229,7 +229,7 @@ class Run:
                               eval_alpha=cfg.test_alpha, class_names=list(self.bundle.class_names),
                               method=cfg.method, epoch=epoch, dataset=self.bundle.name, data=cfg.data,
                               observation=cfg.observation, observation_seed=cfg.observation_seed,
-                              image_size=self.image_size, weights=self.weights_info,
+                              image_size=self.image_size, weights=self.weights_info, activation=cfg.activation,
                               extra={"runtime": self.rt.record(), **extra})
 
     # -- checkpoints

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 
-from ..activation import boostlu
+from ..activation import Alpha
 from ..data.images import decode
 from ..data.loading import image_batches
 from ..data.transforms import normalize_uint8
@@ -142,18 +142,18 @@ def cam_batches(model, images, batch_size: int = 64, image_size=None) -> Iterato
 
 
 def cams(model, images, classes: Optional[Sequence[int | str]] = None, boosted: bool = False,
-         alpha: Optional[float] = None, batch_size: int = 64, class_names: Optional[Sequence[str]] = None,
+         alpha: Optional[Alpha] = None, batch_size: int = 64, class_names: Optional[Sequence[str]] = None,
          image_size=None) -> torch.Tensor:
     """Raw CAMs (N x C' x h x w, float32 on the CPU) of a `CamClassifier`, in attribution units.
 
     `images`: see `iter_image_batches` (uint8 images are ImageNet-normalised, float ones taken as
     normalised).  `classes` (indices or names, names looked up in `class_names`) selects channels,
-    in the given order; `boosted=True` or an `alpha` applies BoostLU with `alpha` (default: the
-    model's alpha).  The model runs in eval mode (the checkpoint's batch-norm statistics).
+    in the given order; `boosted=True` or an `alpha` applies the model's form of BoostLU with
+    `alpha` (default: the model's alpha).  The model runs in eval mode (the checkpoint's batch-norm statistics).
     """
     index = None if classes is None else resolve_classes(classes, class_names, model.num_classes)
     boost = alpha if alpha is not None else (model.alpha if boosted else 1.0)
-    out = [boostlu(maps if index is None else maps[:, index], boost).cpu()
+    out = [model.boost(maps, boost)[:, slice(None) if index is None else index].cpu()
            for maps in cam_batches(model, images, batch_size, image_size)]
     if not out:
         raise PamcError("no images were given")

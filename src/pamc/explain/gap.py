@@ -21,7 +21,6 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from ..activation import boostlu
 from ..checkpoint import load_model, resolve_checkpoint
 from ..errors import PamcError
 from ..labels import check_full_labels
@@ -227,11 +226,12 @@ def compare_explanations(checkpoints: Sequence[str | Path], data, out_dir: str |
         raise PamcError(f"the labels have {full.shape[1]} classes but the models have {ref_model.num_classes}")
 
     maps = {name: cams(model, images, batch_size=batch_size) for (model, _), name in zip(models, names)}
+    model_of = {name: model for (model, _), name in zip(models, names)}
     boosted = {}  # model -> the name of its boosted maps
     if boosted_alpha is not None:
         for name in names[1:]:
             boosted[name] = f"{name} + BoostLU({float(boosted_alpha):g})"
-            maps[boosted[name]] = boostlu(maps[name], boosted_alpha)
+            maps[boosted[name]] = model_of[name].boost(maps[name], boosted_alpha)  # each model's own form
     ref_name = names[0]
     compared = [n for n in maps if n != ref_name]
     labels_t = torch.as_tensor(full)

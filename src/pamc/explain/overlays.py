@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..activation import boostlu
+from ..activation import check_alpha
 from ..checkpoint import load_model
 from ..errors import PamcError
 from .cams import (as_size, cams, file_images, resolve_classes, resolve_device, split_image_names, split_images,
@@ -82,7 +82,7 @@ def explain_command(checkpoint: str | Path, images, out: str | Path, top_k: int 
     """
     model, meta = load_model(checkpoint, resolve_device(device))
     class_names = [str(n) for n in meta.class_names or range(model.num_classes)]
-    alpha = meta.test_alpha if alpha is None else float(alpha)
+    alpha = meta.test_alpha if alpha is None else check_alpha(alpha)
     picked = None if classes is None else resolve_classes(classes, class_names, model.num_classes)
     size = as_size(image_size or meta.image_size)
     if hasattr(images, "images"):  # a dataset split
@@ -95,7 +95,7 @@ def explain_command(checkpoint: str | Path, images, out: str | Path, top_k: int 
     logits = torch.stack([model.logits_from_cams(m[None], alpha)[0] for m in raw])
     probs = torch.sigmoid(logits)
     picked_per_image = top_classes(probs, top_k) if picked is None else [picked] * len(files)
-    shown = [boostlu(m, alpha) for m in raw] if boosted else raw
+    shown = [model.boost(m, alpha) for m in raw] if boosted else raw
     out = Path(out)
     written = save_overlays(pictures, shown, out, class_names, [f.stem for f in files], vmax, picked_per_image,
                             signed=signed, scores=probs)

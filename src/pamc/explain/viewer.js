@@ -1,13 +1,14 @@
 /* pamc view: the page's logic, plain JavaScript and canvas (no framework, no network).
 
    It reads the JSON block #pamc-data (its format: pamc/explain/viewer.py), decodes the raw CAMs
-   and recomputes, for the alpha on the slider, BoostLU(CAM), the scores
+   and recomputes, for the alpha on the slider, BoostLU(CAM) in each model's form, the scores
    p = sigmoid(mean(BoostLU(CAM))) and the colours.  window.pamcView exposes the state and the
    numbers the page shows (for tests and the console):
      pamcView.ready                  true once the first image is drawn
      pamcView.state()                {image, row, classIndex, className, alpha, scaleAlpha, opacity, boxes, hold}
      pamcView.setImage(i) / setRow(k) / setAlpha(a) / setOpacity(o) / setBoxes(b)
      pamcView.score(m, k)            {p, logit} of model m, row k of the current image, at the current alpha
+     pamcView.tunedScore(m, k)       the same at the model's evaluation (tuned) alpha of that row's class
      pamcView.scale(k)               the row's colour scale: colours span -scale .. +scale
      pamcView.colour(v, scale)       [r, g, b] the page paints for value v
      pamcView.mapValue(m, k, x, y)   the drawn (boosted, upsampled) value at pixel (x, y) of that map's canvas
@@ -67,11 +68,25 @@
     return decoded.get(i);
   }
 
-  // BoostLU in float32, as pamc: alpha * x where x > 0, x elsewhere
-  const boosted = (map, alpha) => map.map((v) => (v > 0 ? alpha * v : v));
+  // The forms of BoostLU, as pamc.activation: x + (alpha - 1) * part(x), in float32 arrays
+  const softplus = (z) => (z > 20 ? z : Math.log1p(Math.exp(z)));  // torch's softplus: linear above 20
+  const FORMS = {
+    boostlu: () => (map, alpha) => map.map((v) => (v > 0 ? alpha * v : v)),
+    "boostlu-threshold": ({ tau }) => (map, alpha) => map.map((v) => v + (alpha - 1) * Math.max(v - tau, 0)),
+    "boostlu-smooth": ({ beta }) => (map, alpha) => map.map((v) => v + ((alpha - 1) * softplus(beta * v)) / beta),
+  };
+  const forms = models.map((model) => {
+    const make = FORMS[model.activation.name];
+    if (!make) throw new Error(`this page cannot draw the BoostLU form ${model.activation.name}`);
+    return make(model.activation);
+  });
+  const boosted = (m, map, alpha) => (alpha === 1 ? map : forms[m](map, alpha));
+  // a model's evaluation alpha for class c: one number, or one per class (per-class alpha)
+  const tunedAlpha = (m, c) => (Array.isArray(models[m].eval_alpha) ? models[m].eval_alpha[c] : models[m].eval_alpha);
+  const alphaText = (a) => (Array.isArray(a) ? "per class" : a.toFixed(1));
 
   function score(m, k, alpha) {
-    const map = boosted(camsOf(state.image)[m][k], alpha);
+    const map = boosted(m, camsOf(state.image)[m][k], alpha);
     let sum = 0;
     for (const v of map) sum += v;
     const logit = sum / map.length;
@@ -82,7 +97,7 @@
 
   function scale(k) {  // shared by the row's models: the largest |BoostLU(CAM)| among them
     let top = 0;
-    for (let m = 0; m < M; m++) for (const v of boosted(camsOf(state.image)[m][k], scaleAlpha())) top = Math.max(top, Math.abs(v));
+    for (let m = 0; m < M; m++) for (const v of boosted(m, camsOf(state.image)[m][k], scaleAlpha())) top = Math.max(top, Math.abs(v));
     return Math.max(top, 1e-12);
   }
 
@@ -181,7 +196,7 @@
     const entry = images[state.image];
     const [h, w] = entry.cam_shape;
     const W = canvas.width, H = canvas.height;
-    const values = upsample(boosted(camsOf(state.image)[m][k], state.alpha), h, w, H, W);
+    const values = upsample(boosted(m, camsOf(state.image)[m][k], state.alpha), h, w, H, W);
     drawn[k][m] = values;
     scratch.width = W;
     scratch.height = H;
@@ -236,7 +251,7 @@
     const series = [{ label: models[0].label + " (raw)", values: maps[0][k], colour: PALETTE[0], kind: "filled" }];
     for (let m = 1; m < M; m++) series.push({ label: models[m].label + " (raw)", values: maps[m][k], colour: PALETTE[m % PALETTE.length], kind: "dashed" });
     for (let m = M > 1 ? 1 : 0; m < M; m++) {
-      series.push({ label: `${models[m].label} boosted \u03b1 ${state.alpha.toFixed(1)}`, values: boosted(maps[m][k], state.alpha),
+      series.push({ label: `${models[m].label} boosted \u03b1 ${state.alpha.toFixed(1)}`, values: boosted(m, maps[m][k], state.alpha),
                     colour: PALETTE[m % PALETTE.length], kind: "solid" });
     }
     let lo = Infinity, hi = -Infinity;
@@ -312,8 +327,9 @@
         cell.scores[m].textContent = s.p.toFixed(4);
         cell.scores[m].dataset.p = String(s.p);
         cell.logits[m].textContent = s.logit.toFixed(3);
-        const t = score(m, k, models[m].eval_alpha);
-        cell.tuned[m].textContent = `tuned \u03b1 ${models[m].eval_alpha.toFixed(1)}: p ${t.p.toFixed(4)}`;
+        const a = tunedAlpha(m, images[state.image].classes[k]);
+        const t = score(m, k, a);
+        cell.tuned[m].textContent = `tuned \u03b1 ${a.toFixed(1)}: p ${t.p.toFixed(4)}`;
       });
       drawBar(cell.bar, vmax);
     });
@@ -341,7 +357,7 @@
     models.forEach((model, m) => {
       const head = element("div", "head");
       head.style.color = PALETTE[m % PALETTE.length];
-      head.append(model.label, element("small", "", `${model.method || "model"} \u00b7 trained \u03b1 ${model.train_alpha.toFixed(1)} \u00b7 tuned \u03b1 ${model.eval_alpha.toFixed(1)}`));
+      head.append(model.label, element("small", "", `${model.method || "model"} \u00b7 ${model.form} \u00b7 trained \u03b1 ${alphaText(model.train_alpha)} \u00b7 tuned \u03b1 ${alphaText(model.eval_alpha)}`));
       heads.push(head);
     });
     heads.push(element("div", "head", ""));
@@ -433,6 +449,8 @@
     $("class-picker").value = String(state.row);
     drawHistogram();
   }
+
+  const jumpToTuned = (m) => setAlpha(tunedAlpha(m, images[state.image].classes[state.row]));
 
   function setAlpha(a) {
     const { min, max, step } = DATA.alpha;
@@ -598,13 +616,13 @@
     const span = DATA.alpha.max - DATA.alpha.min;
     const jumps = [element("button", "", "\u03b1 1 (raw)")];
     jumps[0].addEventListener("click", () => setAlpha(1));
-    const tuned = new Map();  // alpha -> the models tuned to it: one mark each
+    const tuned = new Map();  // alpha -> the models tuned to it: one mark each (per-class alphas: none)
     models.forEach((model, m) => {
-      tuned.set(model.eval_alpha, (tuned.get(model.eval_alpha) || []).concat([m]));
-      const jump = element("button", "", `${m + 1}: \u03b1 ${model.eval_alpha.toFixed(1)}`);
-      jump.title = `BoostLU alpha tuned for ${model.label}`;
+      if (!Array.isArray(model.eval_alpha)) tuned.set(model.eval_alpha, (tuned.get(model.eval_alpha) || []).concat([m]));
+      const jump = element("button", "", `${m + 1}: \u03b1 ${alphaText(model.eval_alpha)}`);
+      jump.title = `BoostLU alpha tuned for ${model.label}` + (Array.isArray(model.eval_alpha) ? " (for the selected class)" : "");
       jump.style.borderColor = PALETTE[m % PALETTE.length];
-      jump.addEventListener("click", () => setAlpha(model.eval_alpha));
+      jump.addEventListener("click", () => jumpToTuned(m));
       jumps.push(jump);
     });
     $("alpha-marks").replaceChildren(...[...tuned].map(([alpha, ms]) => {
@@ -657,7 +675,7 @@
                                j: () => moveReview(1), k: () => moveReview(-1) });
     }
     let action = actions[e.key];
-    if (!action && /^[1-9]$/.test(e.key) && Number(e.key) <= M) action = () => setAlpha(models[Number(e.key) - 1].eval_alpha);
+    if (!action && /^[1-9]$/.test(e.key) && Number(e.key) <= M) action = () => jumpToTuned(Number(e.key) - 1);
     if (action) {
       e.preventDefault();
       action();
@@ -671,6 +689,7 @@
                     scaleAlpha: scaleAlpha(), opacity: state.opacity, boxes: state.boxes, hold: state.hold }),
     setImage, setRow, setAlpha, setOpacity, setBoxes,
     score: (m, k = state.row) => score(m, k, state.alpha),
+    tunedScore: (m, k = state.row) => score(m, k, tunedAlpha(m, images[state.image].classes[k])),
     scale: (k = state.row) => scale(k),
     colour,
     mapValue: (m, k, x, y) => drawn[k][m][y * cells[k].maps[m].width + x],
@@ -694,9 +713,9 @@
   if (review) buildReview();
   Promise.all(pictures.map((img) => img.decode())).then(() => {
     setImage(0);
-    if (review) {  // suggestions were ranked at the model's evaluation alpha: show that one
-      setAlpha(models[0].eval_alpha);
+    if (review) {  // suggestions were ranked at the model's evaluation alpha (per class: the item's class's): show it
       showItem();
+      jumpToTuned(0);
     }
     window.pamcView.ready = true;
     document.body.dataset.ready = "true";

@@ -8,7 +8,9 @@ from disk, attach it to a CI run or a mail).
 
 What the page holds (the JSON block `<script id="pamc-data" type="application/json">`):
 
-* `models`: per checkpoint its label, path, method, training alpha and evaluation (tuned) alpha;
+* `models`: per checkpoint its label, path, method, form of BoostLU (`activation`, the spec dict of
+  `pamc.activation`, and `form`, its text), training alpha and evaluation (tuned) alpha (each a
+  number, or a list of one per class);
 * `class_names`, `colormap` (RdBu_r from matplotlib, as the PNG figures: 256 x RGB uint8, base64);
 * `images`: per image its `name`, `src` (a PNG data URI up to 128 x 128 px -- exact and small --,
   JPEG quality 90 above), `width`/`height`, the `classes` shown (indices), `truth` (ground-truth
@@ -22,8 +24,10 @@ Size: about 5.4 bytes per CAM value (base64 float32: models x classes x h x w pe
 images; 50 images x 10 classes x 3 ResNet-18 checkpoints at 448 px (14 x 14 CAMs) make 2.1 MB.
 float16 would halve the maps but move the recomputed scores by ~1e-3, so they stay float32.
 
-In the page, for a model at alpha a: BoostLU(CAM) = a*CAM where CAM > 0, else CAM; the class
-score is sigmoid(mean over the h x w positions of BoostLU(CAM)), as `CamClassifier.forward`.
+In the page, for a model at alpha a: BoostLU(CAM) = CAM + (a - 1) * g(CAM) with g of the model's
+form (`pamc.activation`; boostlu: a*CAM where CAM > 0, else CAM); the class score is
+sigmoid(mean over the h x w positions of BoostLU(CAM)), as `CamClassifier.forward`.  The slider's
+alpha is one for all classes; "tuned" scores use the model's evaluation alpha of each class.
 """
 from __future__ import annotations
 
@@ -39,6 +43,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..activation import alpha_value, describe_alpha, form_text
 from ..errors import PamcError
 from ..labels import label_store
 from .cams import as_size, cams, file_images, resolve_classes, split_image_names, split_images, top_classes
@@ -126,7 +131,7 @@ def view_data(checkpoints: Sequence[str | Path], images, labels: Optional[Sequen
         rows = "the classes asked for"
     else:
         rows = (f"{'ground truth and ' if truth is not None else ''}the top {top_k} of {names[0]} "
-                f"(at its tuned \u03b1 {first_alpha:g}), best first")
+                f"(at its tuned \u03b1 {describe_alpha(first_alpha)}), best first")
         picked = [sorted(set(top) | set(class_list(truth[i]) if truth is not None else ()),
                          key=lambda c, i=i: -float(probs[i, c]))
                   for i, top in enumerate(top_classes(probs, top_k))]
@@ -146,7 +151,8 @@ def view_data(checkpoints: Sequence[str | Path], images, labels: Optional[Sequen
         "format": "pamc-view/1", "title": title or "CAMs of " + ", ".join(names), "source": source,
         "split": split_name, "rows": rows, "class_names": class_names,
         "models": [{"label": name, "checkpoint": str(path), "method": meta.method,
-                    "train_alpha": float(model.alpha), "eval_alpha": meta.test_alpha,
+                    "activation": model.activation.form.spec(), "form": form_text(model.activation.form),
+                    "train_alpha": alpha_value(model.alpha), "eval_alpha": alpha_value(meta.test_alpha),
                     "dataset": meta.dataset}
                    for name, path, (model, meta) in zip(names, checkpoints, models)],
         "alpha": ALPHA_RANGE, "colormap": {"name": COLORMAP, "lut": colormap_lut()},

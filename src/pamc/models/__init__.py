@@ -9,8 +9,8 @@ Every backbone built by name carries `weights_info`, what it started from (`weig
 which checkpoints record in model.json.
 
 `CamClassifier` = backbone feature map -> 1x1 conv with bias (the class activation map, CAM)
--> BoostLU -> global average pool -> logits.  With alpha = 1 it equals the usual
-GAP + linear head, because a linear map commutes with averaging.
+-> BoostLU (one of its forms, `pamc.activation`) -> global average pool -> logits.  With alpha = 1
+it equals the usual GAP + linear head, because a linear map commutes with averaging.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from ..activation import boostlu, check_alpha
+from ..activation import Alpha, BoostLU
 from ..errors import PamcError
 from ..registry import Registry
 
@@ -43,12 +43,14 @@ def build_backbone(name: str, weights: Optional[str] = None) -> nn.Module:
 class CamClassifier(nn.Module):
     """Backbone -> 1x1-conv CAM head -> BoostLU(alpha) -> global average pool -> logits.
 
-    `alpha` is the training-time boost; pass `alpha=` to `forward` to evaluate with another one
-    (inference-only BoostLU = train with alpha 1, evaluate with alpha > 1).
+    `alpha` is the training-time boost (one, or one per class); pass `alpha=` to `forward` to
+    evaluate with another one (inference-only BoostLU = train with alpha 1, evaluate with alpha > 1).
+    `activation` is the form of BoostLU: a name of `pamc.activation.FORMS` or a spec dict
+    (``{"name": "boostlu-threshold", "tau": 0.5}``); None is the paper's ``boostlu``.
     """
 
-    def __init__(self, backbone: nn.Module | str, num_classes: int, alpha: float = 1.0,
-                 weights: Optional[str] = None):
+    def __init__(self, backbone: nn.Module | str, num_classes: int, alpha: Alpha = 1.0,
+                 weights: Optional[str] = None, activation=None):
         super().__init__()
         if isinstance(backbone, str):
             self.backbone_name = backbone
@@ -63,16 +65,25 @@ class CamClassifier(nn.Module):
         self.backbone = backbone
         self.head = nn.Conv2d(channels, int(num_classes), kernel_size=1, bias=True)
         self.num_classes = int(num_classes)
-        self.alpha = check_alpha(alpha)
+        self.activation = BoostLU(alpha, activation)
+
+    @property
+    def alpha(self) -> Alpha:
+        """The training-time alpha (a float, or a tuple of one per class)."""
+        return self.activation.alpha
 
     def cams(self, x: torch.Tensor) -> torch.Tensor:
         """Raw class activation maps (B, C, h, w), before BoostLU."""
         return self.head(self.backbone(x))
 
-    def logits_from_cams(self, cams: torch.Tensor, alpha: Optional[float] = None) -> torch.Tensor:
-        return boostlu(cams, self.alpha if alpha is None else alpha).mean(dim=(2, 3))
+    def boost(self, cams: torch.Tensor, alpha: Optional[Alpha] = None) -> torch.Tensor:
+        """The model's form of BoostLU on (..., C, h, w) maps, at `alpha` (default: the model's)."""
+        return self.activation(cams, alpha)
 
-    def forward(self, x: torch.Tensor, alpha: Optional[float] = None, return_cams: bool = False):
+    def logits_from_cams(self, cams: torch.Tensor, alpha: Optional[Alpha] = None) -> torch.Tensor:
+        return self.boost(cams, alpha).mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor, alpha: Optional[Alpha] = None, return_cams: bool = False):
         """Logits; with `return_cams`, (logits, CAMs before BoostLU) from the same pass, so a training
         method that reads the maps goes through the (DDP-wrapped, compiled) module like any other."""
         maps = self.cams(x)

@@ -15,7 +15,8 @@ def prepare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=REFERENCE_SEED)
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--observation", default="auto",
-                   help="auto (the dataset's default) | as-given | full | single-positive | fraction:P")
+                   help="auto (the dataset's default) | as-given | full | single-positive | fraction:P, "
+                        "each optionally +false-positive:P or +flip-negative:P (label noise)")
     p.add_argument("--missing", default="fail", choices=["fail", "drop"], help="what to do with missing image files")
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="reader options (own: labels=FILE; nuswide: variant=...)")
     p.add_argument("--overwrite", action="store_true")

@@ -12,6 +12,8 @@ def eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--torchvision", metavar="ARCH=WEIGHTS", help="evaluate a torchvision classifier from a weights file, "
                    "converted to CAM form (post-hoc BoostLU; needs --data)")
     p.add_argument("--boost-alpha", type=float, help="BoostLU alpha for --torchvision models")
+    p.add_argument("--boost-form", metavar="FORM", help="form of BoostLU for --torchvision models: NAME[:KEY=VALUE,...] "
+                   "(`pamc list`; default boostlu)")
     p.add_argument("--alpha", type=float, nargs="+", help="evaluation alphas (default: the checkpoint's)")
     p.add_argument("--per-class-csv", help="write per-class AP here")
     p.add_argument("--out", help="write every metric per alpha here (.json or .csv)")
@@ -22,6 +24,7 @@ def eval_arguments(p: argparse.ArgumentParser) -> None:
 
 @command("eval", "mAP of a checkpoint on a split, at one or more BoostLU alphas", eval_arguments)
 def evaluate(args: argparse.Namespace) -> int:
+    from ...activation import describe_alpha
     from ...inference import evaluate_checkpoint
 
     data = key_values(args.data, "--data") or None
@@ -31,7 +34,9 @@ def evaluate(args: argparse.Namespace) -> int:
 
         if not data:
             raise PamcError("--torchvision needs --data naming the dataset the classifier was trained for")
-        model, meta = torchvision_checkpoint(args.torchvision, args.boost_alpha or 1.0)
+        model, meta = torchvision_checkpoint(args.torchvision, args.boost_alpha or 1.0, args.boost_form)
+    elif args.boost_form:
+        raise PamcError("--boost-form applies to --torchvision models; a checkpoint keeps the form it was trained with")
     elif args.checkpoint is None:
         raise PamcError("give a checkpoint (run folder) or --torchvision ARCH=WEIGHTS_FILE")
     alphas = args.alpha or ([args.boost_alpha] if args.boost_alpha else None)
@@ -43,7 +48,7 @@ def evaluate(args: argparse.Namespace) -> int:
     keys = ["map", "CP", "CR", "CF1", "OP", "OR", "OF1", "CF1@3", "OF1@3"]
     print("| alpha | " + " | ".join("mAP" if k == "map" else k for k in keys) + " |\n|---:|" + "---:|" * len(keys))
     for row in out["rows"]:
-        print(f"| {row['alpha']:g} | " + " | ".join(f"{row[k]:.2f}" for k in keys) + " |")
+        print(f"| {describe_alpha(row['alpha'])} | " + " | ".join(f"{row[k]:.2f}" for k in keys) + " |")
     if args.out:
         print(f"every metric written to {args.out}")
     if args.per_class_csv:
@@ -103,6 +108,7 @@ def calibrate_arguments(p: argparse.ArgumentParser) -> None:
 @command("calibrate", "per-class decision thresholds tuned on the validation split, stored with the checkpoint",
          calibrate_arguments)
 def calibrate(args: argparse.Namespace) -> int:
+    from ...activation import describe_alpha
     from ...checkpoint import read_meta, resolve_checkpoint
     from ...inference import calibrate as tune
     from ...thresholds import write_threshold_csv
@@ -113,7 +119,7 @@ def calibrate(args: argparse.Namespace) -> int:
     names = meta.class_names or [f"class_{c}" for c in range(meta.num_classes)]
     values = entry["values"]
     print(f"thresholds for {len(values)} classes on the {entry['split']} split ({entry['labels']} labels, "
-          f"alpha {entry['alpha']:g}): min {min(values):.3g}, median {sorted(values)[len(values) // 2]:.3g}, "
+          f"alpha {describe_alpha(entry['alpha'])}): min {min(values):.3g}, median {sorted(values)[len(values) // 2]:.3g}, "
           f"max {max(values):.3g}; {len(entry['fallback'])} class(es) without positives got the pooled threshold")
     if not args.no_store:
         print(f"stored in {resolve_checkpoint(args.checkpoint)}/model.json; `pamc predict --threshold auto` uses them")
@@ -137,11 +143,12 @@ def export(args: argparse.Namespace) -> int:
 
     if not (available("onnx") and available("onnxscript")):
         raise PamcError("pamc export needs onnx and onnxscript: pip install 'pamc[export]'")
+    from ...activation import describe_alpha
     from ...export import export_onnx, read_metadata
 
     path = export_onnx(args.checkpoint, args.out, cams=args.cams, alpha=args.alpha, image_size=args.image_size)
     info = read_metadata(path)
     print(f"wrote {path}: input images (B x 3 x {info['image_size'][0]} x {info['image_size'][1]}, normalised), "
-          f"outputs scores{' and cams' if args.cams else ''}; alpha {info['alpha']:g}, "
+          f"outputs scores{' and cams' if args.cams else ''}; alpha {describe_alpha(info['alpha'])}, "
           f"{len(info['class_names'])} classes, thresholds {'stored' if info['thresholds'] else 'none (use 0.5)'}")
     return 0

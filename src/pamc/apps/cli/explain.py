@@ -88,17 +88,25 @@ def tune_alpha_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", default="observed", choices=["full", "observed"],
                    help="select with full validation labels or only the observed partial ones (realistic)")
     add_data_flags(p, "val", "tune on other data")
-    p.add_argument("--store", action="store_true", help="save the best alpha as the checkpoint's evaluation alpha")
+    p.add_argument("--per-class", action="store_true", help="tune one alpha per class (each class's best AP)")
+    p.add_argument("--activation", metavar="FORM", help="the form of BoostLU to tune, NAME[:KEY=VALUE,...] (`pamc list`; "
+                   "default: the checkpoint's; another form only for a model trained at alpha 1)")
+    p.add_argument("--store", action="store_true", help="save the best alpha (and --activation) as the checkpoint's evaluation alpha")
 
 
 @command("tune-alpha", "sweep the evaluation alpha on validation", tune_alpha_arguments)
 def tune_alpha(args: argparse.Namespace) -> int:
+    from ...activation import describe_alpha
     from ...explain import tune_alpha_command
 
     result = tune_alpha_command(args.checkpoint, _split(args, args.checkpoint), args.out, alphas=args.alphas,
-                                mode=args.mode, store=args.store, device=args.device)
-    print(f"| alpha | mAP ({args.mode} {args.split} labels) |\n|---:|---:|")
+                                mode=args.mode, store=args.store, device=args.device, per_class=args.per_class,
+                                form=args.activation)
+    print(f"{result['form']}\n| alpha | mAP ({args.mode} {args.split} labels) |\n|---:|---:|")
     for row in result["table"]:
         print(f"| {row['alpha']:g} | {row['map']:.2f} |")
-    print(f"best alpha {result['best_alpha']:g}" + (f", stored in {result['stored_in']}" if args.store else ""))
+    print(f"best alpha {describe_alpha(result['best_alpha'])}" + (f", stored in {result['stored_in']}" if args.store else ""))
+    if args.per_class:
+        print(f"mAP {result['best_map']:.2f} with per-class alpha, {result['shared_map']:.2f} with the best shared "
+              f"alpha {result['shared_alpha']:g}")
     return 0

@@ -24,9 +24,9 @@ def presets(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("list", "list backbones, losses, datasets and presets")
+@command("list", "list backbones, losses, BoostLU forms, datasets and presets")
 def listing(args: argparse.Namespace) -> int:
-    from ... import losses
+    from ... import activation, losses
     from ...config import preset_descriptions
     from ...data import LOADERS
     from ...models import BACKBONES
@@ -35,6 +35,8 @@ def listing(args: argparse.Namespace) -> int:
     for prefix, text in BACKBONES.families().items():
         print(f"           {prefix}:NAME  {text}")
     print("losses:   ", ", ".join(losses.names()))
+    print("forms:    ", ", ".join(activation.form_text(name) for name in activation.names()),
+          "(of BoostLU; activation: NAME[:KEY=VALUE], defaults shown)")
     print("datasets: ", ", ".join(LOADERS.names()))
     print("presets:  ", ", ".join(preset_descriptions()))
     return 0

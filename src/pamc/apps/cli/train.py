@@ -56,6 +56,7 @@ def arguments(p: argparse.ArgumentParser) -> None:
 
 @command("train", "train a model (YAML config, preset and/or flags)", arguments)
 def train(args: argparse.Namespace) -> int:
+    from ...activation import describe_alpha
     from ...config import resolve
     from ...engine import train
 
@@ -74,7 +75,7 @@ def train(args: argparse.Namespace) -> int:
             return _train_seeds(cfg, args.seeds, resume)
         result = train(cfg, resume=resume)
     r = result.results
-    print(f"test mAP {r['test_map']:.2f} (alpha {r['eval_alpha']:g}, best val epoch {r['best_epoch']}, "
+    print(f"test mAP {r['test_map']:.2f} (alpha {describe_alpha(r['eval_alpha'])}, best val epoch {r['best_epoch']}, "
           f"val mAP {r['val_map']:.2f}); run folder {result.out}")
     return 0
 
