@@ -221,9 +221,11 @@ def main() -> None:
             for k, (name, run) in enumerate(configs.items()):
                 results[name].append(run(tmp / f"run-{k}-{repeat}"))
         pipeline = pipeline_rates(prepared, args.size, cache)
+        trained = len(read_prepared(prepared, "train")[1])
 
     ref = {key: statistics.median(r[key] for r in results["reference-style loop"]) for key in ("epoch_s", "train_img_s")}
-    print(f"\n### ResNet-18 at {args.size} px, batch {BATCH}, AN, {args.images} JPEGs (80 % train), {args.epochs} epochs; "
+    print(f"\n### ResNet-18 at {args.size} px, batch {BATCH}, AN, {args.images} JPEGs ({trained} in the training split), "
+          f"{args.epochs} epochs; "
           f"median of {args.repeats} whole processes each (epochs after the first)\n")
     print(f"Machine: {platform.machine()} {platform.processor() or ''}, {available_cores()} cores available, "
           f"native bf16: {native_bf16() or 'no'}, torch {torch.__version__}\n")
