@@ -82,3 +82,27 @@ def load_bias(folder) -> torch.Tensor:
     from safetensors.torch import load_file
 
     return load_file(folder / "model.safetensors")["head.bias"]
+
+
+def test_a_hook_that_fails_at_the_end_does_not_hide_a_preemption(tiny_config, tiny_bundle):
+    """status.json says preempted (with the command that continues) before the hooks' after_train
+    run, so a hook that fails there leaves the run resumable and its status true."""
+    import json
+    import signal
+    from pathlib import Path
+
+    import pytest
+
+    class StopThenFail(Hook):
+        def after_step(self, run, step) -> None:
+            if step.step == 2:
+                run.stop.signal = signal.SIGTERM
+
+        def after_train(self, run, results) -> None:
+            raise RuntimeError("the hook's own failure")
+
+    config = {**tiny_config, "epochs": 2, "tensorboard": "off", "log_every": 1}
+    with pytest.raises(RuntimeError, match="the hook's own failure"):
+        pamc.train(config, bundle=tiny_bundle, hooks=[StopThenFail()])
+    status = json.loads((Path(config["out"]) / "status.json").read_text())
+    assert status["status"] == "preempted" and status["resume_command"].startswith("pamc train --resume")
