@@ -84,6 +84,9 @@ def test_the_backbone_is_unchanged_and_best_is_a_complete_model_pamc_eval_reads(
     evaluated = json.loads((tmp_path / "eval.json").read_text())
     assert evaluated["rows"][0]["alpha"] == 3.0
     assert evaluated["rows"][0]["map"] == pytest.approx(result.test_map, abs=1e-9)
+    capsys.readouterr()
+    assert main(["table", str(result.out)]) == 0
+    assert "EM + APL + BoostLU (alpha 2, eval alpha 3) [frozen backbone]" in capsys.readouterr().out
 
 
 def test_the_feature_cache_is_reused_and_invalidated_by_another_backbone_or_size(frozen, tiny_bundle, weights,
