@@ -42,6 +42,7 @@ class TrainConfig:
     loss: dict = field(default_factory=dict)  # loss parameters, e.g. {delta: 0.5}
     scores: Optional[str] = None  # vlpl / gpr: class scores of the training images, .npy N x C or N x V x C (`pamc pseudo-label`), or stand-in (scenes)
     linear_init: Optional[dict] = None  # "+ LI": {epochs: 25, lr: 1e-3, batch_size: 16} (spec 5.1)
+    freeze_backbone: bool = False  # the "linear" protocol: only the CAM head trains, on cached feature maps (pamc.frozen)
     # optimisation (spec 5)
     epochs: int = 10
     batch_size: int = 16

@@ -195,6 +195,8 @@ def read_run(path: str | Path, metric: str = "test_map") -> RunRecord:
     record.row = row_label(res.get("method", cfg.get("method", "?")), res.get("train_alpha", cfg.get("alpha", 1.0)),
                            res.get("eval_alpha", cfg.get("eval_alpha")), bool(cfg.get("linear_init")),
                            cfg.get("activation"))
+    if cfg.get("freeze_backbone"):  # the linear protocol: only the head was trained
+        record.row += " [frozen backbone]"
     extra = res.get("extra_resources")
     if extra:  # trained with more than the images and labels (a frozen vision-language scorer)
         record.row += f" [uses {extra.get('short', 'extra')}]"

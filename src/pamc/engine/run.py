@@ -78,6 +78,14 @@ class Run:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.loss_fn = build_loss(cfg, len(self.bundle.train), self.bundle.num_classes, observed,
                                   self.bundle.info.get("expected_positives"), self.bundle.train.full).to(self.rt.device)
+        self.frozen = None
+        if cfg.freeze_backbone:  # the run's images become cached features, its model the head (pamc.frozen)
+            from ..frozen import FrozenBackbone
+
+            self.frozen = FrozenBackbone.setup(cfg, self.model, self.bundle, self.rt, cfg.eval_batch_size,
+                                               self.num_workers)
+            self.model, self.bundle, self.rt = self.frozen.head_model, self.frozen.bundle, self.frozen.runtime
+            self.eval_rt = self.rt.for_evaluation()
         self.batches = GlobalBatches(len(self.bundle.train), cfg.batch_size, cfg.seed, self.rt.dist)
         self.optimizer = build_optimizer(self.model, self.loss_fn, cfg, self.rt)
         self.scheduler = build_scheduler(self.optimizer, cfg, len(self.batches))
@@ -245,7 +253,7 @@ class Run:
         for hook in self.hooks:
             hook.before_checkpoint(self)
         where = {"step": step, "global_step": self.global_step} if step else {}
-        self.folder.save_checkpoint(self.folder.LAST, self.model, self.meta(epoch, **where))
+        self.folder.save_checkpoint(self.folder.LAST, self.deployed(self.model), self.meta(epoch, **where))
         # the counters as of the checkpoint: `epoch` done, `step` steps of the next with its sums
         state = {**self.state.state_dict(), "epoch": epoch, "step": step}
         state.pop("partial", None)
@@ -255,9 +263,14 @@ class Run:
         if is_best:
             extra = {} if self.ema is None else {"ema_decay": self.cfg.ema}
             best = self.model if self.ema is None else self.ema.module
-            self.folder.save_checkpoint(self.folder.BEST, best, self.meta(epoch, **extra))
+            self.folder.save_checkpoint(self.folder.BEST, self.deployed(best), self.meta(epoch, **extra))
         # status.json: "epoch E, step S" = S steps into epoch E; "epoch E" alone = E epochs done
         self.status.write("running", epoch=epoch + 1 if step else epoch, step=step or None, global_step=self.global_step)
+
+    def deployed(self, model: torch.nn.Module) -> torch.nn.Module:
+        """What a checkpoint of `model` holds: `model`, or under a frozen backbone the complete
+        model, the real backbone under `model`'s head."""
+        return model if self.frozen is None else self.frozen.complete(model)
 
     def checkpoint_due(self) -> tuple[bool, bool]:
         """(a step checkpoint is due -- the same on every process, a time checkpoint is due -- the
@@ -362,11 +375,12 @@ class Run:
 
     def finish(self) -> RunResult:
         """The best checkpoint (the EMA's weights when EMA is on) on test; results.json."""
-        load_weights(self.model, self.folder.best / MODEL_FILE)
+        tested = self.deployed(self.model)  # the head-only model's head is in it: loaded together
+        load_weights(tested, self.folder.best / MODEL_FILE)
         test = self.bundle.test
         test_targets = test.full if test.full is not None else test.observed
-        scores = predict(self.net, test.images, self.eval_rt, self.cfg.test_alpha, self.cfg.eval_batch_size,
-                         self.num_workers)
+        rt = self.eval_rt if self.frozen is None else self.frozen.image_runtime.for_evaluation()
+        scores = predict(tested, test.images, rt, self.cfg.test_alpha, self.cfg.eval_batch_size, self.num_workers)
         results = {"method": self.cfg.method, "train_alpha": self.cfg.alpha, "eval_alpha": self.cfg.test_alpha,
                    "test_map": split_map(scores, test_targets), "test_metrics": standard_metrics(scores, test_targets),
                    "val_map": self.progress.best_map, "best_epoch": self.progress.best_epoch, "epochs": self.cfg.epochs,
