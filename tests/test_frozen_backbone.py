@@ -106,8 +106,9 @@ def test_the_feature_cache_is_reused_and_invalidated_by_another_backbone_or_size
     data = {**frozen["data"], "canvas": 40}
     bigger = make_scenes(**{k: v for k, v in data.items() if k != "name"})
     pamc.train({**frozen, "data": data, "epochs": 1, "out": str(tmp_path / "bigger")}, bundle=bigger)
+    # larger maps than those of the same backbone at the first size (the cache is shared with other tests)
     assert len(computed) == 6 and np.load(computed[-1], mmap_mode="r").shape[-1] > np.load(
-        sorted(before)[0], mmap_mode="r").shape[-1]
+        computed[0], mmap_mode="r").shape[-1]
 
 
 def test_a_resume_mid_epoch_equals_the_uninterrupted_frozen_run(frozen, tiny_bundle, tmp_path):
