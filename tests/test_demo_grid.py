@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from pamc.apps.demo import (CORE_ROWS, GRID_VARIANTS, VIEWED_ROWS, baseline_rows, demo_rows, effect, grid_methods,
-                       grid_reading, grid_table, run_demo, run_grid)
+                       grid_reading, grid_table, precision, run_demo, run_grid)
 from pamc.errors import PamcError
 
 TINY = {"n_train": 48, "n_val": 16, "n_test": 16, "canvas": 32, "object_scale": [10, 14]}
@@ -39,7 +39,9 @@ def test_quick_demo_writes_table_report_figures_and_viewer(tmp_path, pamc_cache)
     page = (out / "view.html").read_text()
     assert all(label in page for label in VIEWED_ROWS)
     config = yaml.safe_load((out / "runs" / "full" / "seed-0" / "config.yaml").read_text())
-    assert config["channels_last"] == "on" and config["epochs"] == 1
+    assert config["channels_last"] == "on" and config["amp"] == "auto" and config["epochs"] == 1
+    runtime = json.loads((out / "runs" / "full" / "seed-0" / "results.json").read_text())["runtime"]
+    assert precision(runtime) in report  # the report says how the runs computed (bf16 or fp32)
     with pytest.raises(PamcError, match="already exists"):
         run_demo(out=str(out), quick=True)  # refused before anything is trained
 
@@ -57,7 +59,7 @@ def test_grid_trains_each_variant_and_tables_it(tmp_path, pamc_cache):
     inference = json.loads((tmp_path / "grid" / "runs" / "an-boostlu-inference-only" / "seed-0" / "results.json").read_text())
     assert (inference["train_alpha"], inference["eval_alpha"]) == (1.0, 5.0)
     text = (tmp_path / "grid" / "grid.md").read_text()
-    assert "| AN |" in text and "**" in text and json.loads((tmp_path / "grid" / "grid.json").read_text())["seeds"] == [0, 1]
+    assert "| AN |" in text and "**" in text and f"Precision: {precision(results['runtime'])}." in text and json.loads((tmp_path / "grid" / "grid.json").read_text())["seeds"] == [0, 1]
 
 
 def test_grid_covers_every_method_once(tmp_path):

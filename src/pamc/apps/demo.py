@@ -102,12 +102,11 @@ def base_config(data: dict, quick: bool, device: str) -> dict:
             "progress": False, "overwrite": True,
             "tensorboard": "off",  # the demo's report is its log; TensorBoard's import alone costs seconds
             # channels_last on every CPU, where the demo's CNNs take 20-35 % less time a step
-            # (`benchmarks/bench_backbones.py --layouts nchw,channels_last`); fp32 on every CPU, so
-            # that its published figures (docs/results.md, measured in fp32) are what anyone gets:
-            # auto's bf16 gives the same mAP within 0.2 and 1.3x the speed on a bf16 CPU
-            # (`benchmarks/bench_cpu_defaults.py --quick`, docs/speed.md), to be switched on with
-            # the figures re-measured
-            "channels_last": "on", "amp": "off"}
+            # (`benchmarks/bench_backbones.py --layouts nchw,channels_last`); precision as `pamc train`
+            # chooses it: bf16 autocast for training on a CPU that runs bf16 natively (validation and
+            # test in fp32), fp32 elsewhere -- the same mAP within seed noise
+            # (`benchmarks/bench_cpu_defaults.py --quick`, docs/speed.md); the report says which
+            "channels_last": "on", "amp": "auto"}
 
 
 #: `pamc demo --imagenet`: a real ImageNet backbone, EfficientNet-Lite0 with the weights of the
@@ -214,7 +213,8 @@ def run_demo(source: str = "digits", out: str = "pamc-demo", quick: bool = False
 
     write_view([runs[label][0].out for label in VIEWED_ROWS], bundle.test, out_dir / "view.html", labels=VIEWED_ROWS,
                max_images=12, split_name="test", device=device)
-    write_report(out_dir, table, data, base, seeds, time.perf_counter() - start, figure, explanations["text"])
+    write_report(out_dir, table, data, base, seeds, time.perf_counter() - start, figure, explanations["text"],
+                 runs["Full label"][0].results.get("runtime", {}))
     print(f"\nwrote {out_dir / 'results.json'}, explanations.json, report.md, {figure.name}, view.html in {out_dir} "
           f"({time.perf_counter() - start:.0f} s in all)")
     return results
@@ -256,8 +256,10 @@ def run_grid(source: str = "digits", out: str = "pamc-grid", quick: bool = False
     text = grid_table(grid) + "\n\n" + grid_reading(grid)
     (out_dir / "grid.json").write_text(json.dumps({"seeds": seeds, "test_map": grid, "seconds": elapsed,
                                                    "data": data, "settings": base}, indent=2))
+    first = RunFolder(out_dir / "runs" / run_name(rows[0], seeds[0])).read_results()
     (out_dir / "grid.md").write_text(f"# BoostLU with every method ({data['source']} scenes, seeds {seeds}, "
-                                     f"{elapsed / 60:.1f} min)\n\n{text}\n")
+                                     f"{elapsed / 60:.1f} min)\n\n{text}\n\nPrecision: "
+                                     f"{precision(first.get('runtime', {}))}.\n")
     print("\n" + text + f"\n\nwrote {out_dir / 'grid.md'} and grid.json ({elapsed:.0f} s in all)")
     return grid
 
@@ -414,9 +416,16 @@ def pretraining(base: dict) -> str:
             f"with the ImageNet weights of {Path(str(weights)).name}" if weights else "from random weights")
 
 
+def precision(runtime: dict) -> str:
+    """How the runs computed, from a run's recorded runtime (`Runtime.record`)."""
+    return runtime.get("choice") or (f"amp {runtime.get('amp', 'off')}, channels_last "
+                                     f"{runtime.get('channels_last', 'off')} on {runtime.get('device', 'cpu')}")
+
+
 def write_report(out_dir: Path, table: str, data: dict, base: dict, seeds: list[int], elapsed: float, figure: Path,
-                 explanations: str) -> None:
-    machine = f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+                 explanations: str, runtime: dict) -> None:
+    machine = (f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
+               f"{precision(runtime)}")
     text = f"""# pamc demo: single positive labels on {data['source']} scenes
 
 Test mAP (%) of the checkpoint with the best validation mAP (full validation labels), mean over
