@@ -257,3 +257,15 @@ def test_an_unknown_preset_names_the_closest_ones(capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("pamc: error: unknown preset 'voc-ll-r-boost'; did you mean voc-ll-r-boostlu,")
     assert "\n" not in err and err.count(",") < 10 and "lists all" in err
+
+
+def test_train_help_describes_each_setting_from_its_comment_in_config(capsys):
+    from pamc.config import FIELDS, setting_notes
+
+    notes = setting_notes()
+    assert set(FIELDS) - set(notes) == {"data"}  # a new setting needs its comment (data's flag has its own help)
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps the notes
+    assert "--freeze-backbone, --no-freeze-backbone the \"linear\" protocol: only the CAM head trains" in text
+    assert "--lr-mult LR_MULT head lr = lr * lr_mult" in text

@@ -30,26 +30,26 @@ class TrainConfig:
     data: dict = field(default_factory=lambda: {"name": "scenes", "source": "digits"},
                        metadata={"incidental_keys": ("path", "cache", "cache_dir")})
     observation: str = "auto"  # auto | as-given | full | single-positive | fraction:P [+false-positive:P | +flip-negative:P] (pamc.labels)
-    observation_seed: int = REFERENCE_SEED
+    observation_seed: int = REFERENCE_SEED  # which labels are observed (the reference code's seed by default)
     # model
-    backbone: str = "scene-cnn"
+    backbone: str = "scene-cnn"  # scene-cnn | scene-cnn-gn | resnet18 | resnet50 | resnet101 | timm:NAME (`pamc list`)
     backbone_weights: Optional[str] = None  # none | path | imagenet/pretrained (published) | scenes (pretrain on scene objects)
     alpha: float = 1.0  # BoostLU in training
     eval_alpha: Optional[float] = None  # BoostLU at validation/test (None = alpha)
     activation: Optional[Any] = None  # the form of BoostLU: {name: boostlu-threshold, tau: 0.5} or NAME[:KEY=VALUE]; None = boostlu
     # method
-    method: str = "an"
+    method: str = "an"  # the loss: an | ll-r | ll-ct | ll-cp | gr | role | ... (`pamc list`)
     loss: dict = field(default_factory=dict)  # loss parameters, e.g. {delta: 0.5}
     scores: Optional[str] = None  # vlpl / gpr: class scores of the training images, .npy N x C or N x V x C (`pamc pseudo-label`), or stand-in (scenes)
     linear_init: Optional[dict] = None  # "+ LI": {epochs: 25, lr: 1e-3, batch_size: 16} (spec 5.1)
     freeze_backbone: bool = False  # the "linear" protocol: only the CAM head trains, on cached feature maps (pamc.frozen)
     # optimisation (spec 5)
-    epochs: int = 10
-    batch_size: int = 16
-    lr: float = 1e-5
+    epochs: int = 10  # training epochs
+    batch_size: int = 16  # images per optimiser step, over all processes
+    lr: float = 1e-5  # the backbone's learning rate
     lr_mult: float = 10.0  # head lr = lr * lr_mult
     selection: str = "full"  # full | observed: which validation labels select the best epoch
-    seed: int = field(default=0, metadata=INCIDENTAL)
+    seed: int = field(default=0, metadata=INCIDENTAL)  # initialisation, batch order, flips
     # training recipe (pamc.recipes); the defaults are the paper's: Adam, constant lr, no decay, flips only
     optimizer: str = "adam"  # adam | adamw
     weight_decay: float = 0.0  # on conv/linear weights, not biases/norms (Adam: L2 in the gradient; AdamW: decoupled)
@@ -62,19 +62,19 @@ class TrainConfig:
     ema: Optional[float] = None  # EMA decay of the weights (ASL/Hill 0.9997); selects, tests and fills best/
     augment: str = "none"  # none | randaugment | randaugment+cutout (per image, on the device; flips always)
     # speed
-    device: str = field(default="auto", metadata=INCIDENTAL)
+    device: str = field(default="auto", metadata=INCIDENTAL)  # auto (CUDA if visible) | cpu | cuda | cuda:N
     amp: str = "auto"  # auto (bf16 on CUDA; on a CPU with native bf16 for one process, see pamc.runtime) | bf16 | off
     channels_last: str = field(default="auto", metadata=INCIDENTAL)  # auto (as amp) | on | off
     compile: str = field(default="off", metadata=INCIDENTAL)  # off | default | reduce-overhead | max-autotune
-    fused_adam: str = field(default="auto", metadata=INCIDENTAL)
+    fused_adam: str = field(default="auto", metadata=INCIDENTAL)  # auto (on CUDA) | on | off: the fused Adam kernel
     sync_batchnorm: bool = False  # SyncBatchNorm under DDP on CUDA (global-batch statistics); CPU: not applied
-    cudnn_benchmark: bool = field(default=True, metadata=INCIDENTAL)
+    cudnn_benchmark: bool = field(default=True, metadata=INCIDENTAL)  # let cuDNN time and pick convolution algorithms
     num_workers: Any = field(default="auto", metadata=INCIDENTAL)  # image-decoding workers: N | auto (the cores available per process)
-    eval_batch_size: int = field(default=128, metadata=INCIDENTAL)
+    eval_batch_size: int = field(default=128, metadata=INCIDENTAL)  # images per batch in validation and test
     # run folder, logging, preemption
-    out: str = field(default="runs/default", metadata=INCIDENTAL)
-    overwrite: bool = field(default=False, metadata=INCIDENTAL)
-    progress: bool = field(default=True, metadata=INCIDENTAL)
+    out: str = field(default="runs/default", metadata=INCIDENTAL)  # the run folder
+    overwrite: bool = field(default=False, metadata=INCIDENTAL)  # replace what an existing run folder holds
+    progress: bool = field(default=True, metadata=INCIDENTAL)  # progress bars
     log_every: int = field(default=20, metadata=INCIDENTAL)  # steps between host syncs: non-finite check, per-step logs flushed, stop signals agreed
     tensorboard: str = field(default="auto", metadata=INCIDENTAL)  # auto (if installed) | on | off: RUN/tensorboard event files
     checkpoint_every_steps: Optional[int] = field(default=None, metadata=INCIDENTAL)  # a resumable last/ every N steps as well as every epoch
@@ -98,6 +98,29 @@ class TrainConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def setting_notes() -> dict[str, str]:
+    """Each setting's trailing comment in `TrainConfig`'s source, by name: the one description of a
+    setting, which `pamc train --help` shows beside its flag."""
+    import inspect
+    import io
+    import tokenize
+
+    try:
+        source = inspect.getsource(TrainConfig)
+    except OSError:  # no source shipped (a zipped or frozen install): flags without notes
+        return {}
+    lines: dict[int, list[tokenize.TokenInfo]] = {}
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        lines.setdefault(token.start[0], []).append(token)
+    notes = {}
+    for tokens in lines.values():
+        words = [t for t in tokens if t.type not in (tokenize.INDENT, tokenize.DEDENT)]
+        if (len(words) > 2 and words[0].string in FIELDS and words[1].string == ":"
+                and words[-2].type == tokenize.COMMENT):
+            notes[words[0].string] = words[-2].string.lstrip("#").strip()
+    return notes
 
 
 def parse_value(text: str) -> Any:

@@ -11,8 +11,9 @@ from .base import command, key_values, unicode_output
 
 def add_config_flags(p: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field (--batch-size ...); mappings take KEY=VALUE (--data source=fashion)."""
-    from ...config import TrainConfig
+    from ...config import TrainConfig, setting_notes
 
+    notes = {name: note.replace("%", "%%") for name, note in setting_notes().items()}
     for f in dataclasses.fields(TrainConfig):
         if f.name == "preset":  # recorded by `--preset NAME` itself (config.resolve)
             continue
@@ -21,9 +22,10 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, action="append", metavar="KEY=VALUE", dest=f"cfg_{f.name}",
                            help=f"set a {f.name} parameter (repeatable)")
         elif f.type in ("bool", bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, dest=f"cfg_{f.name}")
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, dest=f"cfg_{f.name}",
+                           help=notes.get(f.name))
         else:
-            p.add_argument(flag, default=None, dest=f"cfg_{f.name}", metavar=f.name.upper())
+            p.add_argument(flag, default=None, dest=f"cfg_{f.name}", metavar=f.name.upper(), help=notes.get(f.name))
 
 
 def config_overrides(args: argparse.Namespace) -> dict:
