@@ -418,8 +418,11 @@ def pretraining(base: dict) -> str:
 
 def precision(runtime: dict) -> str:
     """How the runs computed, from a run's recorded runtime (`Runtime.record`)."""
-    return runtime.get("choice") or (f"amp {runtime.get('amp', 'off')}, channels_last "
-                                     f"{runtime.get('channels_last', 'off')} on {runtime.get('device', 'cpu')}")
+    if runtime.get("choice"):  # what `auto` chose on this CPU, and why
+        return runtime["choice"]
+    amp = "bf16 autocast" if runtime.get("amp") == "bf16" else "fp32"
+    layout = "channels_last" if runtime.get("channels_last") == "on" else "NCHW"
+    return f"{amp}, {layout} on {runtime.get('device', 'cpu')}"
 
 
 def write_report(out_dir: Path, table: str, data: dict, base: dict, seeds: list[int], elapsed: float, figure: Path,
