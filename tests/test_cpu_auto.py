@@ -88,3 +88,36 @@ def test_cached_images_are_taken_by_whole_batches(tmp_path):
     images = CachedImages(tmp_path / "cache.npy")
     index = torch.tensor([5, 0, 3, 3])
     assert torch.equal(images.take(index), torch.stack([images[int(i)] for i in index]))
+
+
+def depthwise_net() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 3, padding=1, groups=8),
+                               torch.nn.Conv2d(8, 8, 3, padding=1, groups=2), torch.nn.Conv2d(8, 4, 1))
+
+
+def test_depthwise_share_counts_multiply_adds_as_by_hand():
+    # on one 8 x 8 image: 64 positions x out channels x in channels per group x kernel area
+    full, depthwise, grouped, pointwise = 64 * 8 * 3 * 9, 64 * 8 * 1 * 9, 64 * 8 * 4 * 9, 64 * 4 * 8
+    assert runtime.depthwise_share(depthwise_net(), 8) == pytest.approx(depthwise / (full + depthwise + grouped + pointwise))
+    assert runtime.depthwise_share(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)), 8) == 0
+
+
+def test_auto_keeps_fp32_for_a_model_with_many_depthwise_multiply_adds(monkeypatch):
+    monkeypatch.setattr(runtime, "native_bf16", lambda: "amx_bf16")
+    rt = Runtime.create("cpu", cpu_auto=True)
+    revised = rt.for_model(depthwise_net(), 8)  # 12 % depthwise
+    assert revised.amp_dtype is None and revised.channels_last and "depthwise" in revised.choice
+    assert revised.for_evaluation() == revised
+    assert rt.for_model(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)), 8) == rt  # no depthwise: bf16 stays
+    explicit = Runtime.create("cpu", amp="bf16", cpu_auto=True)
+    assert explicit.for_model(depthwise_net(), 8).amp_dtype == torch.bfloat16  # an explicit --amp wins
+
+
+def test_a_run_on_a_depthwise_backbone_trains_in_fp32_where_auto_would_choose_bf16(tiny_config, tiny_bundle,
+                                                                                  monkeypatch):
+    pytest.importorskip("timm")
+    monkeypatch.setattr(runtime, "native_bf16", lambda: "amx_bf16")
+    result = pamc.train({**tiny_config, "backbone": "timm:mobilenetv3_small_050", "epochs": 1, "tensorboard": "off"},
+                        bundle=tiny_bundle)
+    recorded = result.results["runtime"]
+    assert recorded["amp"] == "off" and recorded["channels_last"] == "on" and "depthwise" in recorded["choice"]

@@ -56,6 +56,35 @@ def native_bf16(cpuinfo: str = "/proc/cpuinfo") -> Optional[str]:
     return next((name for name in ("amx_bf16", "avx512_bf16", "bf16") if name in flags), None)
 
 
+#: the share of a model's multiply-adds in depthwise convolutions from which `auto` keeps fp32 on the CPU
+DEPTHWISE_BF16_LIMIT = 0.05
+
+
+def depthwise_share(model: torch.nn.Module, image_size: int) -> float:
+    """The share of `model`'s convolution and linear multiply-adds spent in depthwise convolutions
+    (one group per input channel), counted on one image of `image_size` in eval mode."""
+    counts = {"depthwise": 0, "all": 0}
+
+    def conv(m, _inputs, out):
+        macs = out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+        counts["all"] += macs
+        counts["depthwise"] += macs if 1 < m.groups == m.in_channels else 0
+
+    def linear(m, _inputs, out):
+        counts["all"] += out.numel() * m.in_features
+
+    hooks = [m.register_forward_hook(conv if isinstance(m, torch.nn.Conv2d) else linear)
+             for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    try:
+        device = next(model.parameters()).device
+        with torch.no_grad(), eval_mode(model):
+            model(torch.zeros(1, 3, image_size, image_size, device=device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return counts["depthwise"] / max(counts["all"], 1)
+
+
 def available_cores() -> int:
     """The cores this process may run on (its affinity mask under Slurm, taskset or a container)."""
     try:
@@ -137,6 +166,24 @@ class Runtime:
         return {"device": self.device.type, "amp": "bf16" if self.amp_dtype is not None else "off",
                 "channels_last": "on" if self.channels_last else "off", "processes": self.dist.world_size,
                 **({"choice": self.choice} if self.choice else {})}
+
+    def for_model(self, model: torch.nn.Module, image_size: int) -> "Runtime":
+        """`auto`'s CPU choice, revised for the model: on the CPU, depthwise convolutions run slower
+        in bf16 than in fp32, so a model that spends `DEPTHWISE_BF16_LIMIT` or more of its
+        multiply-adds in them (MobileNet, EfficientNet) trains in fp32 where `auto` had chosen
+        bf16; channels_last stays.  Measured (`benchmarks/bench_backbones.py --precisions
+        fp32,bf16`, docs/speed.md): bf16 is 2.0-2.5x faster for ResNet-18, ConvNeXt-T (2 %
+        depthwise) and the scene CNN, level for ConvNeXt-Atto (5 %), 1.1-1.4x slower for
+        EfficientNet-Lite0 / -B0 and MobileNetV3 (8-9 %)."""
+        if not self.auto_bf16:
+            return self
+        share = depthwise_share(model, image_size)
+        if share < DEPTHWISE_BF16_LIMIT:
+            return self
+        feature = native_bf16() or "native bf16"
+        choice = (f"auto on this CPU ({feature}, native bf16; one process; {share:.0%} of the model's multiply-adds "
+                  f"in depthwise convolutions, faster in fp32): fp32, {'channels_last' if self.channels_last else 'NCHW'}")
+        return replace(self, amp_dtype=None, auto_bf16=False, choice=choice)
 
     def for_evaluation(self) -> "Runtime":
         """Validation and test: in fp32 where `auto` chose bf16 for training on the CPU, so that

@@ -63,7 +63,7 @@ class Run:
         self.resumed = resume
         self._check_folder(resume)
         saved_state = self.folder.load_state() if resume else None
-        self.rt = self._runtime(saved_state)
+        self.rt, auto_decides = self._runtime(saved_state)
         self.eval_rt = self.rt.for_evaluation()
         self.num_workers = auto_workers(processes_per_node()) if cfg.num_workers == "auto" else cfg.num_workers
         self.main = self.rt.dist.is_main
@@ -73,6 +73,9 @@ class Run:
         self.val_targets = self._selection_targets()
         self.image_size = int(self.bundle.train.images[0].shape[-1])
         self.model = build_model(cfg, self.bundle.num_classes).to(self.rt.device)
+        if auto_decides:  # auto's CPU choice knows the model too (a resumed run keeps the choice it began with)
+            self.rt = self.rt.for_model(self.model, self.image_size)
+            self.eval_rt = self.rt.for_evaluation()
         self.weights_info = getattr(self.model.backbone, "weights_info", None)  # file hashed once, at build
         if self.rt.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -133,28 +136,29 @@ class Run:
             self.out.mkdir(parents=True, exist_ok=True)
             self.folder.write_config(self.cfg.to_dict())
 
-    def _runtime(self, saved_state: Optional[dict]) -> Runtime:
-        """The run's device, precision and memory format.  `auto` knows the CPU (`Runtime.create`);
-        a resumed run computes as it began: the choice is in its state (a run begun before pamc
-        recorded it began with the old auto, fp32 NCHW on the CPU)."""
+    def _runtime(self, saved_state: Optional[dict]) -> tuple[Runtime, bool]:
+        """The run's device, precision and memory format, and whether `auto` decided them anew.
+        `auto` knows the CPU (`Runtime.create`); a resumed run computes as it began: the choice is
+        in its state (a run begun before pamc recorded it began with the old auto, fp32 NCHW on
+        the CPU)."""
         cfg = self.cfg
         if saved_state is None:
-            return Runtime.from_config(cfg, cpu_auto=True)
+            return Runtime.from_config(cfg, cpu_auto=True), True
         recorded = saved_state.get("runtime")
         if recorded is None:
-            return Runtime.from_config(cfg)
+            return Runtime.from_config(cfg), False
         rt = Runtime.from_config(cfg, cpu_auto=True)
         if (recorded["device"], recorded["processes"]) != (rt.device.type, rt.dist.world_size):
             if rt.dist.is_main and cfg.progress:  # another machine: auto decides anew
                 tqdm.write(f"pamc: this run began on {recorded['processes']} {recorded['device']} process(es); "
                            f"{rt.choice or 'its settings apply as given'}")
-            return rt
+            return rt, True
         amp = recorded["amp"] if cfg.amp == "auto" else cfg.amp
         channels_last = recorded["channels_last"] if cfg.channels_last == "auto" else cfg.channels_last
         kept = Runtime.create(cfg.device, amp, channels_last, cfg.cudnn_benchmark)
         same = (amp, channels_last) == (recorded["amp"], recorded["channels_last"])
         return replace(kept, choice=recorded.get("choice", "") if same else "",
-                       auto_bf16=bool(recorded.get("choice")) and same and amp == "bf16")
+                       auto_bf16=bool(recorded.get("choice")) and same and amp == "bf16"), False
 
     def _training_labels(self) -> tuple:
         """The label store training edits, and the observed labels it starts from."""
