@@ -163,6 +163,12 @@ def test_scene_pretraining_is_cached_deterministic_and_loads(tmp_path, monkeypat
 
     monkeypatch.setattr(S, "pretraining_objects", no_training)
     assert P.pretrained_scene_backbone(cache=str(tmp_path / "a"), **small) == first
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads + 1)  # another thread count, other rounding
+    with pytest.raises(AssertionError, match="trained again"):
+        P.pretrained_scene_backbone(cache=str(tmp_path / "a"), **small)
+    monkeypatch.undo()
+    monkeypatch.setattr(S, "pretraining_objects", no_training)
     monkeypatch.setattr(P, "PRETRAIN_VERSION", P.PRETRAIN_VERSION + 1)  # a new recipe misses the old file
     with pytest.raises(AssertionError, match="trained again"):
         P.pretrained_scene_backbone(cache=str(tmp_path / "a"), **small)

@@ -52,8 +52,13 @@ def pretrained_scene_classifier(source: str = "digits", canvas: int = 64, object
     torch.manual_seed(seed)
     net = build_backbone(backbone).to(device, memory_format=torch.channels_last)
     shapes = [[k, list(v.shape)] for k, v in net.state_dict().items()]  # a changed architecture misses the cache
+    # torch's thread count is in the key: the CPU sums in another order with another count, and
+    # after 3 epochs the weights differ (the scenes' stand-in for CLIP, which reads them, scores
+    # 48.7 % precise pseudo-positives with 1 thread's weights and 22.8 % with 2 threads'), so a
+    # cache made under one count would otherwise change what a later run under another computes
     key = json.dumps([PRETRAIN_VERSION, source, canvas, list(object_scale) if not isinstance(object_scale, int)
-                      else object_scale, backbone, shapes, n, epochs, batch_size, lr, seed], sort_keys=True)
+                      else object_scale, backbone, shapes, n, epochs, batch_size, lr, seed, torch.get_num_threads()],
+                     sort_keys=True)
     path = cache_dir(cache) / "backbones" / f"{backbone}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.safetensors"
     if path.is_file() and head_file(path).is_file():
         return path, head_file(path)
