@@ -85,6 +85,11 @@ def depthwise_share(model: torch.nn.Module, image_size: int) -> float:
     return counts["depthwise"] / max(counts["all"], 1)
 
 
+def describe_cpu_choice(why: str, precision: str, channels_last: bool) -> str:
+    """What `auto` chose on the CPU and why, as printed once and recorded (`Runtime.choice`)."""
+    return f"auto on this CPU ({why}): {precision}, {'channels_last' if channels_last else 'NCHW'}"
+
+
 def available_cores() -> int:
     """The cores this process may run on (its affinity mask under Slurm, taskset or a container)."""
     try:
@@ -152,7 +157,7 @@ class Runtime:
         if cpu_choice:
             precision = ("bf16 autocast for training, fp32 for validation and test" if use_amp and amp == "auto"
                          else "bf16 autocast" if use_amp else "fp32")
-            choice = f"auto on this CPU ({why}): {precision}, {'channels_last' if use_cl else 'NCHW'}"
+            choice = describe_cpu_choice(why, precision, use_cl)
         return cls(dev, torch.bfloat16 if use_amp else None, use_cl, dist, choice,
                    auto_bf16=cpu_choice and use_amp and amp == "auto")
 
@@ -180,10 +185,9 @@ class Runtime:
         share = depthwise_share(model, image_size)
         if share < DEPTHWISE_BF16_LIMIT:
             return self
-        feature = native_bf16() or "native bf16"
-        choice = (f"auto on this CPU ({feature}, native bf16; one process; {share:.0%} of the model's multiply-adds "
-                  f"in depthwise convolutions, faster in fp32): fp32, {'channels_last' if self.channels_last else 'NCHW'}")
-        return replace(self, amp_dtype=None, auto_bf16=False, choice=choice)
+        why = (f"{native_bf16() or 'native bf16'}, native bf16; one process; {share:.0%} of the model's multiply-adds "
+               "in depthwise convolutions, faster in fp32")
+        return replace(self, amp_dtype=None, auto_bf16=False, choice=describe_cpu_choice(why, "fp32", self.channels_last))
 
     def for_evaluation(self) -> "Runtime":
         """Validation and test: in fp32 where `auto` chose bf16 for training on the CPU, so that

@@ -64,7 +64,6 @@ class Run:
         self._check_folder(resume)
         saved_state = self.folder.load_state() if resume else None
         self.rt, auto_decides = self._runtime(saved_state)
-        self.eval_rt = self.rt.for_evaluation()
         self.num_workers = auto_workers(processes_per_node()) if cfg.num_workers == "auto" else cfg.num_workers
         self.main = self.rt.dist.is_main
         torch.manual_seed(cfg.seed)
@@ -75,7 +74,6 @@ class Run:
         self.model = build_model(cfg, self.bundle.num_classes).to(self.rt.device)
         if auto_decides:  # auto's CPU choice knows the model too (a resumed run keeps the choice it began with)
             self.rt = self.rt.for_model(self.model, self.image_size)
-            self.eval_rt = self.rt.for_evaluation()
         self.weights_info = getattr(self.model.backbone, "weights_info", None)  # file hashed once, at build
         if self.rt.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -88,7 +86,7 @@ class Run:
             self.frozen = FrozenBackbone.setup(cfg, self.model, self.bundle, self.rt, cfg.eval_batch_size,
                                                self.num_workers)
             self.model, self.bundle, self.rt = self.frozen.head_model, self.frozen.bundle, self.frozen.runtime
-            self.eval_rt = self.rt.for_evaluation()
+        self.eval_rt = self.rt.for_evaluation()  # validation's runtime, from the training one as finally set
         self.batches = GlobalBatches(len(self.bundle.train), cfg.batch_size, cfg.seed, self.rt.dist)
         self.optimizer = build_optimizer(self.model, self.loss_fn, cfg, self.rt)
         self.scheduler = build_scheduler(self.optimizer, cfg, len(self.batches))
